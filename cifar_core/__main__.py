@@ -1,0 +1,209 @@
+"""The command line: python -m cifar_core summary|train|evaluate|predict.
+
+Exit status 0 on success, 2 with one ``error: ...`` line on stderr for bad usage or bad
+input (never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import bundled
+from .data import DataError, load_cifar10, subset
+from .evaluation import evaluate
+from .inference import ImageError, predict_files
+from .model import ConfigError, build_model, summary
+from .pipeline import train_run
+from .presets import PRESETS, apply_overrides, get_preset, parse_overrides
+from .runs import RunError, load_run, new_run_dir
+from .training import BatchEvent, EpochEvent, Event
+
+USER_ERRORS = (DataError, ConfigError, RunError, ImageError)
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other user error
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m cifar_core", description="CIFAR-10 CNN Lab from the command line.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--preset", default="baseline", choices=list(PRESETS))
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="change one setting, e.g. --set batch_norm=true --set lr=3e-4")
+
+    p = commands.add_parser("summary", help="print the layer table of a configuration")
+    config_args(p)
+
+    p = commands.add_parser("train", help="train a model and write a run folder")
+    config_args(p)
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/, that folder, or the .tar.gz")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--subset", type=int, help="train on this many images (quick checks)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--channel-order", choices=["correct", "as_presented"], default="correct",
+                   help="as_presented repeats the presentation's reshape mistake")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<time>-<preset>)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="one epoch on 512 images: checks the whole path in seconds")
+
+    p = commands.add_parser("evaluate", help="accuracy and confusion matrix of a run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--data-dir")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--json", action="store_true")
+
+    p = commands.add_parser("predict", help="classify image files (without RUN_DIR: the bundled model)")
+    p.add_argument("paths", nargs="+", type=Path, metavar="[RUN_DIR] IMAGE")
+    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def configs_from(args: argparse.Namespace):  # noqa: ANN201
+    preset = get_preset(args.preset)
+    overrides = parse_overrides(args.overrides)
+    for key in ("epochs", "device", "seed"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    return apply_overrides(preset.model, preset.train, overrides)
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    model_cfg, _ = configs_from(args)
+    print(summary(build_model(model_cfg)))
+
+
+class EpochPrinter:
+    """A progress bar per epoch on a terminal; one plain line per epoch otherwise."""
+
+    def __init__(self, epochs: int, stream=sys.stdout) -> None:  # noqa: ANN001
+        self.epochs, self.stream = epochs, stream
+        self.tty = stream.isatty()
+        self.last_draw = 0.0
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, BatchEvent) and self.tty:
+            now = time.monotonic()
+            if now - self.last_draw < 0.1 and event.batch != event.batches:
+                return
+            self.last_draw = now
+            done = event.batch / event.batches
+            bar = "#" * int(done * 30)
+            self.stream.write(f"\repoch {event.epoch}/{self.epochs} [{bar:<30}] {event.batch}/"
+                              f"{event.batches} loss {event.loss:.4f} {event.images_per_second:,.0f} img/s")
+            self.stream.flush()
+        elif isinstance(event, EpochEvent):
+            r = event.record
+            mark = " *" if event.improved else ""
+            line = (f"epoch {r.epoch}/{self.epochs} loss {r.train_loss:.4f} acc {r.train_acc:.4f} "
+                    f"val_loss {r.val_loss:.4f} val_acc {r.val_acc:.4f} {r.seconds:.1f}s{mark}")
+            self.stream.write(("\r\033[K" if self.tty else "") + line + "\n")
+            self.stream.flush()
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    model_cfg, train_cfg = configs_from(args)
+    n_subset = 512 if args.dry_run else args.subset
+    if args.dry_run:
+        train_cfg = apply_overrides(model_cfg, train_cfg, {"epochs": 1})[1]
+    started = time.perf_counter()
+    data = load_cifar10(args.data_dir, channel_order=args.channel_order)
+    if n_subset:
+        data = subset(data, n_subset, seed=train_cfg.seed)
+    print(f"data: {len(data.y_train):,} train / {len(data.y_val):,} val / {len(data.y_test):,} test "
+          f"from {data.source} ({time.perf_counter() - started:.1f}s)")
+    out = args.out or new_run_dir(label=args.preset)
+    metrics = train_run(model_cfg, train_cfg, data, out, EpochPrinter(train_cfg.epochs),
+                        preset=args.preset, subset=n_subset)
+    if metrics.get("test_acc") is None:
+        print(f"run {out}: {metrics['status']} before any epoch finished")
+        return
+    print(f"best epoch {metrics['best_epoch']}: val_acc {metrics['val_acc']:.4f} "
+          f"test_acc {metrics['test_acc']:.4f}; {metrics['train_seconds']:.1f}s training, "
+          f"{metrics['seconds_per_epoch']:.1f}s/epoch, {metrics['images_per_second']:,.0f} img/s")
+    print(f"run folder: {out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    run = load_run(args.run_dir)
+    data = load_cifar10(args.data_dir)
+    images, labels = data.split(args.split)
+    result = evaluate(run.load_model(), images, labels, data.classes,
+                      precision=run.train_config.precision, tta_flip=run.train_config.tta_flip)
+    if args.json:
+        print(json.dumps({"run": str(run.path), "split": args.split, "accuracy": result.accuracy,
+                          "confusion_matrix": result.confusion().tolist(),
+                          "per_class": result.per_class().to_dict(orient="records")}, indent=2))
+        return
+    print(f"{run.name}: {args.split} accuracy {result.accuracy:.4f} on {len(labels):,} images\n")
+    print(result.per_class().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("\nconfusion matrix (rows true, columns predicted):")
+    short = [c[:5] for c in data.classes]
+    print(" " * 7 + " ".join(f"{c:>5}" for c in short))
+    for name, row in zip(short, result.confusion()):
+        print(f"{name:>6} " + " ".join(f"{v:>5}" for v in row))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    paths = list(args.paths)
+    if paths[0].is_dir():
+        run = load_run(paths.pop(0))
+    else:
+        run = bundled.load_bundled()
+    if not paths:
+        raise UsageError("give at least one image file")
+    if args.top < 1:
+        raise UsageError("--top must be at least 1")
+    classes = tuple(run.metrics.get("classes") or bundled.DEFAULT_CLASSES)
+    files = []
+    for path in paths:
+        try:
+            files.append((str(path), path.read_bytes()))
+        except OSError as err:
+            raise ImageError(f"{path}: {err.strerror}") from None
+    results = predict_files(run.load_model(), files, classes, run.train_config.tta_flip)
+    failures = [r for r in results if isinstance(r, ImageError)]
+    if args.json:
+        print(json.dumps([{"file": r.name, "label": r.label, "top": r.top(args.top)}
+                          if not isinstance(r, ImageError) else {"error": str(r)}
+                          for r in results], indent=2))
+    else:
+        for r in results:
+            if not isinstance(r, ImageError):
+                top = ", ".join(f"{c} {p:.1%}" for c, p in r.top(args.top))
+                print(f"{r.name}: {r.label} ({top})")
+    if failures:
+        raise ImageError(str(failures[0]) + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
+
+
+COMMANDS = {"summary": cmd_summary, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        COMMANDS[args.command](args)
+    except (UsageError, *USER_ERRORS) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

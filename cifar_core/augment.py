@@ -1,0 +1,73 @@
+"""Data augmentation on whole batches, on the training device.
+
+Every image draws its own random parameters, but the work is a handful of tensor ops
+on the batch, never a Python loop over images:
+
+- ``keras``: the presentation's ImageDataGenerator(rotation_range=20,
+  width_shift_range=0.2, height_shift_range=0.2, horizontal_flip=True): one affine
+  matrix per image, applied with a single ``affine_grid`` + bilinear ``grid_sample``;
+  pixels pulled from outside the image repeat the nearest edge (Keras' fill_mode
+  "nearest").
+- ``crop_flip``: pad 4 pixels by reflection, crop a random 32x32 window, flip half the
+  images; the standard CIFAR recipe, done by indexing.
+
+Inputs and outputs are float tensors (N, C, H, W).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Augmentation = Literal["none", "keras", "crop_flip"]
+AUGMENTATIONS: tuple[str, ...] = ("none", "keras", "crop_flip")
+
+
+def random_affine(x: torch.Tensor, generator: torch.Generator | None = None,
+                  rotation_deg: float = 20.0, shift: float = 0.2,
+                  flip: bool = True) -> torch.Tensor:
+    """Rotate, shift and flip each image by its own random amount (Keras-style)."""
+    n = x.shape[0]
+    uniform = lambda: torch.rand(n, generator=generator, device=x.device) * 2 - 1  # noqa: E731
+    angle = uniform() * math.radians(rotation_deg)
+    # affine_grid works in [-1, 1] coordinates, where the image spans 2 units.
+    tx, ty = uniform() * shift * 2, uniform() * shift * 2
+    mirror = torch.ones(n, device=x.device)
+    if flip:
+        mirror = torch.where(torch.rand(n, generator=generator, device=x.device) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos * mirror, -sin, tx], 1),
+                         torch.stack([sin * mirror, cos, ty], 1)], 1).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None,
+                     pad: int = 4, flip: bool = True) -> torch.Tensor:
+    """Reflect-pad by ``pad``, take a random crop of the original size, flip half."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    if flip:
+        flipped = torch.rand(n, generator=generator, device=x.device) < 0.5
+        # A flipped crop reads its columns right to left.
+        cols = torch.where(flipped[:, None, None, None], cols.flip(-1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
+def augment(x: torch.Tensor, kind: Augmentation, generator: torch.Generator | None = None) -> torch.Tensor:
+    if kind == "none":
+        return x
+    if kind == "keras":
+        return random_affine(x, generator)
+    if kind == "crop_flip":
+        return random_crop_flip(x, generator)
+    raise ValueError(f"unknown augmentation {kind!r}; choose from {AUGMENTATIONS}")

@@ -1,0 +1,385 @@
+"""CIFAR-10: find it, fetch it, read it safely, split it.
+
+The python version of CIFAR-10 is a folder ``cifar-10-batches-py/`` holding six pickled
+batches and a metadata file:
+
+- ``data_batch_1`` .. ``data_batch_5`` (10,000 training images each) and ``test_batch``
+  (10,000 test images). Each is a dict with ``b"data"``, a uint8 array of shape
+  (N, 3072) whose rows are three 32x32 planes, red then green then blue, each row-major;
+  ``b"labels"``, N integers in 0..9; and ``b"filenames"``, ``b"batch_label"``.
+- ``batches.meta``: a dict whose ``b"label_names"`` lists the ten class names.
+
+The official files are protocol-2 pickles written by Python 2 (numpy ``numpy.core``
+module names, ``str`` keys that load as bytes); copies re-pickled under Python 3 use
+protocol 4 and ``numpy._core`` names. Both are read by an allow-list unpickler that
+only rebuilds numpy arrays, so a batch that tries to run code is refused, not executed.
+
+Images come out as uint8 arrays of shape (N, 32, 32, 3) (height, width, RGB).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+FOLDER_NAME = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META_FILE = "batches.meta"
+BATCH_FILES = (*TRAIN_BATCHES, TEST_BATCH, META_FILE)
+DEFAULT_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+NUM_CLASSES = 10
+IMAGE_BYTES = 32 * 32 * 3
+# An official batch is 30.7 MB; anything far larger is not a CIFAR batch.
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
+MAX_ARCHIVE_BYTES = 400 * 1024 * 1024
+
+ChannelOrder = Literal["correct", "as_presented"]
+ProgressFn = Callable[[int, int], None]
+
+
+class DataError(Exception):
+    """The dataset is missing, malformed or unsafe; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class CifarData:
+    """The three splits as uint8 (N, 32, 32, 3) images and int64 labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: tuple[str, ...]
+    source: Path
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(images, labels) of ``train``, ``val`` or ``test``."""
+        try:
+            return {"train": (self.x_train, self.y_train), "val": (self.x_val, self.y_val),
+                    "test": (self.x_test, self.y_test)}[name]
+        except KeyError:
+            raise DataError(f"unknown split {name!r}; choose train, val or test") from None
+
+
+# --- the allow-list unpickler -------------------------------------------------
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    from numpy._core import multiarray, numeric
+
+    allowed: dict[tuple[str, str], object] = {}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "scalar")] = multiarray.scalar
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = numeric._frombuffer
+    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "dtype")] = np.dtype
+    # Python 3 writes bytes in protocol 2 as _codecs.encode(str, "latin1").
+    allowed[("_codecs", "encode")] = _latin1_encode
+    return allowed
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refused encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    _allowed = _allowed_globals()
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}") from None
+
+
+def safe_unpickle(raw: bytes, what: str) -> object:
+    """Unpickle CIFAR-style data, allowing nothing but numpy array reconstruction."""
+    try:
+        return _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except pickle.UnpicklingError as err:
+        raise DataError(f"{what}: not a CIFAR-10 batch ({err})") from None
+    except Exception as err:  # truncated or garbled pickles raise almost anything
+        raise DataError(f"{what}: unreadable or truncated ({type(err).__name__})") from None
+
+
+def _field(batch: dict, key: str) -> object:
+    for k in (key.encode(), key):
+        if k in batch:
+            return batch[k]
+    raise KeyError(key)
+
+
+def parse_batch(raw: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check one pickled batch and return (data uint8 (N, 3072), labels int64 (N,))."""
+    batch = safe_unpickle(raw, what)
+    if not isinstance(batch, dict):
+        raise DataError(f"{what}: expected a dict, found {type(batch).__name__}")
+    try:
+        data, labels = _field(batch, "data"), _field(batch, "labels")
+    except KeyError as err:
+        raise DataError(f"{what}: missing the {err.args[0]!r} entry") from None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        found = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{what}: data must be a uint8 array, found {found}")
+    if data.ndim != 2 or data.shape[1] != IMAGE_BYTES:
+        raise DataError(f"{what}: data must have shape (N, 3072), found {data.shape}")
+    try:
+        labels = np.asarray(labels)
+    except Exception:
+        raise DataError(f"{what}: labels are not a list of integers") from None
+    if labels.dtype.kind not in "iu" or labels.shape != (data.shape[0],):
+        raise DataError(f"{what}: expected {data.shape[0]} integer labels, "
+                        f"found {labels.dtype} of shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{what}: labels must lie in 0..9, found {labels.min()}..{labels.max()}")
+    return data, labels.astype(np.int64)
+
+
+def parse_meta(raw: bytes, what: str) -> tuple[str, ...]:
+    meta = safe_unpickle(raw, what)
+    try:
+        names = _field(meta, "label_names") if isinstance(meta, dict) else None
+        classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    except (KeyError, TypeError, UnicodeDecodeError):
+        raise DataError(f"{what}: no list of label_names") from None
+    if len(classes) != NUM_CLASSES:
+        raise DataError(f"{what}: expected 10 class names, found {len(classes)}")
+    return classes
+
+
+def to_images(rows: np.ndarray, channel_order: ChannelOrder = "correct") -> np.ndarray:
+    """(N, 3072) planar rows -> (N, 32, 32, 3) images.
+
+    ``"as_presented"`` repeats the presentation's ``reshape(-1, 32, 32, 3)``, which reads
+    the R, G, B planes as if they were interleaved pixels and scrambles every image; it
+    exists to show that mistake, never to train on by default.
+    """
+    if channel_order == "correct":
+        return np.ascontiguousarray(rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    if channel_order == "as_presented":
+        return rows.reshape(-1, 32, 32, 3)
+    raise DataError(f"unknown channel_order {channel_order!r}; use 'correct' or 'as_presented'")
+
+
+# --- finding, downloading and installing --------------------------------------
+
+def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Where to look, first that is given: the argument, $CIFAR10_DIR, ./data."""
+    if data_dir:
+        return [Path(data_dir)]
+    if os.environ.get("CIFAR10_DIR"):
+        return [Path(os.environ["CIFAR10_DIR"])]
+    return [Path("data")]
+
+
+def _batch_folder(path: Path) -> Path | None:
+    for folder in (path, path / FOLDER_NAME):
+        if folder.is_dir() and (folder / TRAIN_BATCHES[0]).exists():
+            return folder
+    return None
+
+
+def locate(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The batch folder or archive that ``data_dir`` (or its fallbacks) names, if any."""
+    path = candidate_dirs(data_dir)[0]
+    if path.is_file():
+        return path
+    if folder := _batch_folder(path):
+        return folder
+    if (path / ARCHIVE_NAME).is_file():
+        return path / ARCHIVE_NAME
+    return None
+
+
+def missing_message(path: Path) -> str:
+    return (f"CIFAR-10 not found in {path}: download {ARCHIVE_URL} and put "
+            f"{ARCHIVE_NAME} (or its extracted {FOLDER_NAME}/ folder) in {path}, "
+            "or pass --data-dir / set CIFAR10_DIR")
+
+
+def download_archive(dest_dir: Path, progress: ProgressFn | None = None,
+                     url: str = ARCHIVE_URL, timeout: float = 15.0) -> Path:
+    """Fetch the official archive into ``dest_dir`` and check its md5; returns its path."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / ARCHIVE_NAME
+    digest = hashlib.md5()
+    with tempfile.NamedTemporaryFile(dir=dest_dir, suffix=".part", delete=False) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                total = int(response.headers.get("Content-Length") or 0)
+                done = 0
+                while chunk := response.read(1 << 20):
+                    tmp.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+        except (urllib.error.URLError, OSError) as err:
+            Path(tmp.name).unlink(missing_ok=True)
+            raise DataError(f"download failed ({err}). {missing_message(dest_dir)}") from None
+    if digest.hexdigest() != ARCHIVE_MD5:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise DataError(f"downloaded archive has md5 {digest.hexdigest()}, "
+                        f"expected {ARCHIVE_MD5}; try again")
+    os.replace(tmp.name, target)
+    return target
+
+
+def read_archive(archive: Path | bytes) -> dict[str, bytes]:
+    """The batch files inside a ``cifar-10-python.tar.gz``, read into memory.
+
+    Only regular files named ``cifar-10-batches-py/<batch>`` are read, each capped in
+    size; links, devices, absolute or ``..`` paths are never touched, and nothing is
+    written to disk.
+    """
+    what = "archive" if isinstance(archive, bytes) else str(archive)
+    if not isinstance(archive, bytes) and archive.stat().st_size > MAX_ARCHIVE_BYTES:
+        raise DataError(f"{what}: larger than {MAX_ARCHIVE_BYTES >> 20} MB, not CIFAR-10")
+    fileobj = io.BytesIO(archive) if isinstance(archive, bytes) else open(archive, "rb")
+    files: dict[str, bytes] = {}
+    try:
+        with fileobj, tarfile.open(fileobj=fileobj, mode="r:gz") as tar:
+            for member in tar:
+                parts = member.name.split("/")
+                if len(parts) != 2 or parts[0] != FOLDER_NAME or parts[1] not in BATCH_FILES:
+                    continue
+                if not member.isreg():
+                    raise DataError(f"{what}: {member.name} is not a regular file")
+                if member.size > MAX_MEMBER_BYTES:
+                    raise DataError(f"{what}: {member.name} is {member.size} bytes, too large")
+                files[parts[1]] = tar.extractfile(member).read(MAX_MEMBER_BYTES + 1)
+    except (tarfile.TarError, gzip.BadGzipFile, EOFError, OSError, zlib.error) as err:
+        raise DataError(f"{what}: not a readable .tar.gz ({err})") from None
+    missing = [name for name in BATCH_FILES if name not in files]
+    if missing:
+        raise DataError(f"{what}: missing {', '.join(missing)} under {FOLDER_NAME}/")
+    return files
+
+
+def read_folder(folder: Path) -> dict[str, bytes]:
+    files = {}
+    for name in BATCH_FILES:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{folder}: missing {name}")
+        if path.stat().st_size > MAX_MEMBER_BYTES:
+            raise DataError(f"{path}: {path.stat().st_size} bytes, too large for a batch")
+        files[name] = path.read_bytes()
+    return files
+
+
+def validate_files(files: dict[str, bytes]) -> tuple[tuple[str, ...], dict[str, tuple]]:
+    """Parse every batch; returns (class names, {batch name: (rows, labels)})."""
+    classes = parse_meta(files[META_FILE], META_FILE)
+    batches = {name: parse_batch(files[name], name) for name in (*TRAIN_BATCHES, TEST_BATCH)}
+    return classes, batches
+
+
+def install_archive(archive: Path | bytes, dest_dir: Path) -> Path:
+    """Check an archive completely, then write its batches to ``dest_dir/cifar-10-batches-py``.
+
+    The batches are written to a temporary folder inside ``dest_dir`` and renamed into
+    place only after every one has parsed, so a bad archive never replaces a good
+    dataset, and nothing lands outside ``dest_dir``.
+    """
+    files = read_archive(archive)
+    validate_files(files)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    final = dest_dir / FOLDER_NAME
+    staging = Path(tempfile.mkdtemp(dir=dest_dir, prefix=".incoming-"))
+    try:
+        for name, raw in files.items():
+            (staging / name).write_bytes(raw)
+        if final.exists():
+            old = dest_dir / f".replaced-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def ensure_dataset(data_dir: str | os.PathLike | None = None, download: bool = True,
+                   progress: ProgressFn | None = None) -> Path:
+    """The batch folder or archive to read, downloading the archive if allowed and absent."""
+    found = locate(data_dir)
+    if found:
+        return found
+    path = candidate_dirs(data_dir)[0]
+    if not download:
+        raise DataError(missing_message(path))
+    return download_archive(path, progress)
+
+
+# --- loading and splitting ----------------------------------------------------
+
+def read_batches(source: Path) -> tuple[tuple[str, ...], dict[str, tuple]]:
+    files = read_archive(source) if source.is_file() else read_folder(source)
+    return validate_files(files)
+
+
+def load_cifar10(data_dir: str | os.PathLike | None = None, *,
+                 channel_order: ChannelOrder = "correct", val_fraction: float = 0.2,
+                 split_seed: int = 42, stratify: bool = False, download: bool = True,
+                 progress: ProgressFn | None = None) -> CifarData:
+    """Read all six batches and split the 50,000 training images into train/validation.
+
+    The split is scikit-learn's ``train_test_split(test_size=0.2, random_state=42)``, as
+    in the presentation; the test batch is left untouched.
+    """
+    source = ensure_dataset(data_dir, download, progress)
+    classes, batches = read_batches(source)
+    rows = np.concatenate([batches[name][0] for name in TRAIN_BATCHES])
+    labels = np.concatenate([batches[name][1] for name in TRAIN_BATCHES])
+    x_train, x_val, y_train, y_val = train_test_split(
+        to_images(rows, channel_order), labels, test_size=val_fraction,
+        random_state=split_seed, stratify=labels if stratify else None)
+    test_rows, test_labels = batches[TEST_BATCH]
+    return CifarData(x_train, y_train, x_val, y_val, to_images(test_rows, channel_order),
+                     test_labels, classes, source)
+
+
+def subset(data: CifarData, n_train: int, seed: int = 0) -> CifarData:
+    """The same data with ``n_train`` training images and proportionally fewer others."""
+    rng = np.random.default_rng(seed)
+
+    def take(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if n >= len(y):
+            return x, y
+        idx = np.sort(rng.choice(len(y), n, replace=False))
+        return x[idx], y[idx]
+
+    share = min(1.0, n_train / len(data.y_train))
+    x_tr, y_tr = take(data.x_train, data.y_train, n_train)
+    x_va, y_va = take(data.x_val, data.y_val, max(1, round(len(data.y_val) * share)))
+    x_te, y_te = take(data.x_test, data.y_test, max(1, round(len(data.y_test) * share)))
+    return CifarData(x_tr, y_tr, x_va, y_va, x_te, y_te, data.classes, data.source)

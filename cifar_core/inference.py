@@ -1,0 +1,116 @@
+"""Classify uploaded pictures: decode safely, bring to 32x32 RGB, top-k classes.
+
+Any file a user gives is hostile until checked. Pillow's decompression-bomb limit is
+made an error (not a warning), truncated files fail instead of being padded, animated
+images use their first frame, EXIF orientation is applied, and every mode (palette,
+16-bit, CMYK, alpha) becomes RGB on a white background. The picture is then shrunk
+to 32x32 like a CIFAR image, and normalised by the model exactly as in training.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .training import predict_logits
+
+# 40 megapixels covers any phone photo; beyond it the file is refused before decoding.
+MAX_PIXELS = 40_000_000
+MAX_FILE_BYTES = 20 * 1024 * 1024
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(Exception):
+    """An uploaded file is not an image we can classify; the message says why."""
+
+
+def decode_image(raw: bytes, name: str = "image") -> Image.Image:
+    """Bytes -> an RGB Pillow image, upright, first frame; raises ImageError otherwise."""
+    if not raw:
+        raise ImageError(f"{name}: the file is empty")
+    if len(raw) > MAX_FILE_BYTES:
+        raise ImageError(f"{name}: larger than {MAX_FILE_BYTES >> 20} MB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw), formats=ACCEPTED_FORMATS)
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(f"{name}: {width}x{height} pixels is too large "
+                                 f"(limit {MAX_PIXELS // 1_000_000} megapixels)")
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name}: not a supported image ({', '.join(ACCEPTED_FORMATS)})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        raise ImageError(f"{name}: damaged or truncated image ({err})") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: scale to 8 bits rather than clipping at 255.
+        array = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.uint8(np.clip(array / max(array.max(), 1) * 255, 0, 255)))
+    if image.mode == "P" or "A" in image.getbands() or image.mode == "LA":
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def to_cifar(image: Image.Image) -> np.ndarray:
+    """An RGB image -> uint8 (32, 32, 3): centre-crop to a square, then a high-quality shrink."""
+    return np.asarray(ImageOps.fit(image, (32, 32), method=Image.Resampling.LANCZOS))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    name: str
+    pixels: np.ndarray  # the (32, 32, 3) image the model saw
+    probabilities: np.ndarray  # (10,)
+    classes: tuple[str, ...]
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        order = np.argsort(-self.probabilities)[:k]
+        return [(self.classes[i], float(self.probabilities[i])) for i in order]
+
+    @property
+    def label(self) -> str:
+        return self.classes[int(self.probabilities.argmax())]
+
+
+def predict_pixels(model: torch.nn.Module, pixels: np.ndarray, classes: tuple[str, ...],
+                   names: list[str] | None = None, tta_flip: bool = False) -> list[Prediction]:
+    """Predictions for uint8 images (N, 32, 32, 3)."""
+    device = next(model.parameters()).device
+    logits = predict_logits(model, pixels, device, tta_flip=tta_flip)
+    probabilities = torch.softmax(logits, 1).numpy()
+    names = names or [f"image {i + 1}" for i in range(len(pixels))]
+    return [Prediction(n, px, p, classes) for n, px, p in zip(names, pixels, probabilities)]
+
+
+def predict_files(model: torch.nn.Module, files: list[tuple[str, bytes]], classes: tuple[str, ...],
+                  tta_flip: bool = False) -> list[Prediction | ImageError]:
+    """One result per file, in order: a Prediction, or the ImageError that file raised."""
+    results: list[Prediction | ImageError | None] = []
+    good_names, good_pixels = [], []
+    for name, raw in files:
+        try:
+            good_pixels.append(to_cifar(decode_image(raw, name)))
+            good_names.append(name)
+            results.append(None)
+        except ImageError as err:
+            results.append(err)
+    predictions = iter(predict_pixels(model, np.stack(good_pixels), classes, good_names, tta_flip)
+                       if good_pixels else [])
+    return [r if r is not None else next(predictions) for r in results]

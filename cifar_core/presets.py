@@ -1,0 +1,119 @@
+"""Named configurations: the presentation's model and faster, better recipes.
+
+``--set key=value`` (command line) and the Model page change single fields on top of a
+preset; keys are the field names of ModelConfig and TrainConfig, which never clash.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, fields, replace
+
+from .model import ConfigError, ModelConfig
+from .training import TrainConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    title: str
+    description: str
+    model: ModelConfig
+    train: TrainConfig
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset(
+        "baseline", "The presentation's model",
+        "Exactly the network and recipe of the presentation: three 3x3 conv layers "
+        "(32/64/128 filters, ReLU, 2x2 max-pooling, dropout 0.25), dense 128 and 64, softmax "
+        "over 10 classes; 167,818 parameters. Adam with Keras' defaults, batch 64, up to 50 "
+        "epochs, early stopping on validation loss with patience 10, and the presentation's "
+        "augmentation (rotation 20 degrees, shifts of 20%, horizontal flips). The one "
+        "difference is the fix: images are read with their colour channels in the right "
+        "order, which alone lifts accuracy from about 49% to about 68%.",
+        ModelConfig(), TrainConfig()),
+    Preset(
+        "baseline-bn", "Baseline + batch norm",
+        "The baseline with batch normalisation between each convolution and its "
+        "activation, as the presentation's slides describe but its code left out. Each "
+        "layer then sees inputs with a steady scale, so the same learning rate makes "
+        "faster progress per epoch.",
+        ModelConfig(batch_norm=True), TrainConfig()),
+    Preset(
+        "quick", "Classroom run (about a minute)",
+        "A run short enough to watch in class: the baseline's layers with 'same' padding and "
+        "batch norm, simple crop-and-flip augmentation that costs almost nothing, a large "
+        "learning rate that rises and then falls over a few epochs (one-cycle), label "
+        "smoothing, and bfloat16 arithmetic where the processor supports it natively.",
+        ModelConfig(padding="same", batch_norm=True, conv_dropout=(0.0, 0.0, 0.0),
+                    dense_units=(128,), dense_dropout=(0.2,), init="torch",
+                    standardize_input=True),
+        TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=128,
+                    epochs=6, lr_schedule="onecycle", label_smoothing=0.1,
+                    augmentation="crop_flip", early_stopping=False, precision="auto")),
+    Preset(
+        "fast", "Best accuracy per minute",
+        "A wider, deeper network in the style of the fastest known CIFAR-10 trainers: "
+        "three blocks of two 'same' convolutions (64/128/256 filters) with batch norm and "
+        "GELU, global max pooling instead of the large dense layers, SGD with Nesterov "
+        "momentum on a one-cycle learning-rate schedule, label smoothing, crop-and-flip "
+        "augmentation, predictions averaged over each image and its mirror, and bfloat16 "
+        "where the hardware has it.",
+        ModelConfig(conv_filters=(64, 128, 256), convs_per_block=2, padding="same",
+                    batch_norm=True, activation="gelu", conv_dropout=(0.0, 0.0, 0.0),
+                    head="global_max", dense_units=(), dense_dropout=(), init="torch",
+                    standardize_input=True),
+        TrainConfig(optimizer="sgd", lr=0.2, momentum=0.9, weight_decay=5e-4, batch_size=256,
+                    epochs=12, lr_schedule="onecycle", label_smoothing=0.2,
+                    augmentation="crop_flip", early_stopping=False, tta_flip=True,
+                    precision="auto")),
+]}
+
+MODEL_KEYS = frozenset(f.name for f in fields(ModelConfig))
+TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+
+
+def parse_value(text: str) -> object:
+    """'0.5' -> 0.5, '32,64' -> (32, 64), 'true' -> True, 'relu' -> 'relu'."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if "," in text:
+        return tuple(parse_value(part) for part in text.split(",") if part.strip())
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def apply_overrides(model: ModelConfig, train: TrainConfig,
+                    overrides: dict[str, object]) -> tuple[ModelConfig, TrainConfig]:
+    """New configs with ``overrides`` applied; unknown keys or bad values raise ConfigError."""
+    model_changes = {k: v for k, v in overrides.items() if k in MODEL_KEYS}
+    train_changes = {k: v for k, v in overrides.items() if k in TRAIN_KEYS}
+    unknown = set(overrides) - MODEL_KEYS - TRAIN_KEYS
+    if unknown:
+        raise ConfigError(f"unknown setting {sorted(unknown)[0]!r}; settings are: "
+                          f"{', '.join(sorted(MODEL_KEYS | TRAIN_KEYS))}")
+    try:
+        return replace(model, **model_changes), replace(train, **train_changes)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        overrides[key.strip()] = parse_value(value)
+    return overrides
