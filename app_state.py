@@ -1,0 +1,54 @@
+"""What the pages share: the dataset (loaded once per process) and this session's configuration.
+
+The dataset lives in ``st.cache_resource``, so every session and rerun reuses the same
+uint8 arrays (about 180 MB); the configuration lives in ``st.session_state``, so each
+visitor has their own and it survives moving between pages.
+"""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from cifar_core.data import CifarData, DataError, load_cifar10
+from cifar_core.model import ModelConfig
+from cifar_core.presets import get_preset
+from cifar_core.training import TrainConfig
+
+DEFAULT_PRESET = "baseline"
+
+
+@st.cache_resource(show_spinner="Loading CIFAR-10 (once for everyone)...")
+def _load(data_dir: str | None) -> CifarData:
+    return load_cifar10(data_dir, download=False)
+
+
+def data_dir() -> str | None:
+    return os.environ.get("CIFAR10_DIR")
+
+
+def get_data() -> CifarData | None:
+    """The dataset, or None (with an explanation drawn on the page) when it is not there yet."""
+    try:
+        return _load(data_dir())
+    except DataError as err:
+        st.warning(f"{err}. Open the **Dataset** page to download or upload it.")
+        return None
+
+
+def reload_data() -> None:
+    """Forget the cached dataset, after a download or upload put a new one in place."""
+    _load.clear()
+
+
+def get_config() -> tuple[str, ModelConfig, TrainConfig]:
+    """This session's (preset name, model config, train config); the baseline at first."""
+    if "config" not in st.session_state:
+        preset = get_preset(DEFAULT_PRESET)
+        st.session_state.config = (preset.name, preset.model, preset.train)
+    return st.session_state.config
+
+
+def set_config(preset: str, model: ModelConfig, train: TrainConfig) -> None:
+    st.session_state.config = (preset, model, train)

@@ -1,0 +1,12 @@
+"""CIFAR-10 CNN Lab: `streamlit run streamlit_app.py`."""
+
+import streamlit as st
+
+st.set_page_config(page_title="CIFAR-10 CNN Lab", page_icon=":material/science:", layout="wide")
+st.navigation([
+    st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:", default=True),
+    st.Page("pages/model.py", title="Model", icon=":material/account_tree:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/grid_on:"),
+    st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
+]).run()
