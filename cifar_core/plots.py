@@ -1,3 +1,138 @@
 """Plotly figures the pages draw; plain functions of arrays and frames, testable without Streamlit."""
 
 from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+
+from .model import LayerRow
+
+# --- dataset, model and prediction views ----------------------------------------
+
+CHANNELS = ("red", "green", "blue")
+CHANNEL_COLOURS = {"red": "#d62728", "green": "#2ca02c", "blue": "#1f77b4"}
+SPLIT_TITLES = {"train": "train", "val": "validation", "test": "test"}
+
+
+def class_count_table(labels: dict[str, np.ndarray], classes: tuple[str, ...]) -> pd.DataFrame:
+    """Images per class and split, long format: columns class, split, images."""
+    rows = [{"class": name, "split": SPLIT_TITLES.get(split, split), "images": int(count)}
+            for split, y in labels.items()
+            for name, count in zip(classes, np.bincount(y, minlength=len(classes)), strict=True)]
+    return pd.DataFrame(rows, columns=["class", "split", "images"])
+
+
+def class_counts_figure(counts: pd.DataFrame) -> go.Figure:
+    """Grouped bars: one group per class, one bar per split."""
+    fig = px.bar(counts, x="class", y="images", color="split", barmode="group",
+                 title="Images per class", text_auto=True)
+    fig.update_layout(xaxis_title=None, yaxis_title="images", legend_title=None,
+                      margin={"t": 50, "b": 10})
+    fig.update_traces(textposition="outside", cliponaxis=False)
+    return fig
+
+
+def pixel_histograms(images: np.ndarray, chunk: int = 5000) -> np.ndarray:
+    """Counts of each value 0..255 per channel, shape (3, 256), for uint8 (N, H, W, 3)."""
+    counts = np.zeros((3, 256), dtype=np.int64)
+    # Chunks keep the temporary int64 copies bincount makes to a few tens of MB.
+    for start in range(0, len(images), chunk):
+        block = images[start:start + chunk]
+        for c in range(3):
+            counts[c] += np.bincount(block[..., c].ravel(), minlength=256)
+    return counts
+
+
+def channel_stats_table(histograms: np.ndarray) -> pd.DataFrame:
+    """Mean and standard deviation per channel, exact, from the (3, 256) histograms."""
+    values = np.arange(256) / 255.0
+    total = histograms.sum(axis=1)
+    mean = (histograms * values).sum(axis=1) / total
+    std = np.sqrt(np.maximum((histograms * values ** 2).sum(axis=1) / total - mean ** 2, 0))
+    return pd.DataFrame({"channel": CHANNELS, "mean": mean, "std": std,
+                         "mean (0-255)": mean * 255, "std (0-255)": std * 255})
+
+
+def channel_histogram_figure(histograms: np.ndarray) -> go.Figure:
+    """Share of pixels at each value 0..255, one line per colour channel."""
+    share = histograms / histograms.sum(axis=1, keepdims=True)
+    frame = pd.DataFrame({"value": np.tile(np.arange(256), 3),
+                          "share of pixels": share.ravel(),
+                          "channel": np.repeat(CHANNELS, 256)})
+    fig = px.line(frame, x="value", y="share of pixels", color="channel",
+                  color_discrete_map=CHANNEL_COLOURS, title="Pixel values per channel")
+    fig.update_layout(xaxis_title="pixel value (0 = dark, 255 = bright)", legend_title=None,
+                      yaxis_tickformat=".1%", margin={"t": 50, "b": 10})
+    return fig
+
+
+def top_k_figure(top: list[tuple[str, float]], height: int = 220) -> go.Figure:
+    """Horizontal bars of the k most likely classes, the most likely on top."""
+    frame = pd.DataFrame(top, columns=["class", "probability"])
+    fig = px.bar(frame, x="probability", y="class", orientation="h", text_auto=".1%",
+                 range_x=[0, 1])
+    fig.update_layout(yaxis={"autorange": "reversed", "title": None}, xaxis_tickformat=".0%",
+                      xaxis_title=None, height=height, margin={"t": 10, "b": 10, "l": 10, "r": 10})
+    fig.update_traces(marker_color=["#3b6fd4"] + ["#9bb4e6"] * (len(frame) - 1),
+                      textposition="outside", cliponaxis=False)
+    return fig
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Enlarge an (H, W, C) image by repeating pixels, so small images stay crisp, not blurred."""
+    return image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def image_row(images: np.ndarray, scale: int = 3, gap: int = 2,
+              background: int = 255) -> np.ndarray:
+    """Images (N, H, W, 3) side by side, each enlarged ``scale`` times, ``gap`` pixels apart."""
+    n, h, w, c = images.shape
+    big_h, big_w = h * scale, w * scale
+    row = np.full((big_h, n * big_w + (n - 1) * gap, c), background, dtype=np.uint8)
+    for i, image in enumerate(images):
+        left = i * (big_w + gap)
+        row[:, left:left + big_w] = upscale(image, scale)
+    return row
+
+
+def filter_images(weights: np.ndarray) -> np.ndarray:
+    """First-layer conv weights (F, 3, k, k) -> F small RGB images (F, k, k, 3), uint8.
+
+    Each filter is scaled on its own, symmetric around zero, so mid-grey means 0 and
+    the colours show which inputs the filter weighs up or down.
+    """
+    w = weights.transpose(0, 2, 3, 1).astype(np.float64)
+    scale = np.abs(w).reshape(len(w), -1).max(axis=1).reshape(-1, 1, 1, 1)
+    return np.uint8(np.clip(127.5 + 127.5 * w / np.maximum(scale, 1e-12), 0, 255))
+
+
+_LAYER_COLOURS = {"Conv2d": "#c9daf8", "BatchNorm2d": "#e4d7f5", "MaxPool2d": "#fde2c4",
+                  "AvgPool2d": "#fde2c4", "Dropout": "#eeeeee", "Flatten": "#fff2b3",
+                  "AdaptiveMaxPool2d": "#fde2c4", "AdaptiveAvgPool2d": "#fde2c4",
+                  "Linear": "#cfe8cf"}
+
+
+def network_dot(rows: list[LayerRow], rankdir: str = "TB") -> str:
+    """A Graphviz DOT description of the network, one box per layer with its output shape."""
+    def shape(s: tuple[int, ...]) -> str:
+        return " × ".join(str(v) for v in s)
+
+    lines = [f"digraph network {{ rankdir={rankdir}; nodesep=0.15; ranksep=0.18;",
+             'node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, '
+             'margin="0.12,0.04", color="#888888"];',
+             'edge [color="#888888", arrowsize=0.6];',
+             'input [label="input\\n32 × 32 × 3", fillcolor="#ffffff"];']
+    previous = "input"
+    for i, row in enumerate(rows):
+        base = row.kind.split(" ")[0]
+        colour = "#f6c4c4" if row.name == "logits" else _LAYER_COLOURS.get(base, "#ffffff")
+        params = f" · {row.params:,} params" if row.params else ""
+        label = f"{row.name}: {row.kind}\\n{shape(row.output_shape)}{params}"
+        style = ', style="rounded,filled,dashed"' if base == "Dropout" else ""
+        lines.append(f'n{i} [label="{label}", fillcolor="{colour}"{style}];')
+        lines.append(f"{previous} -> n{i};")
+        previous = f"n{i}"
+    lines.append("}")
+    return "\n".join(lines)
