@@ -11,9 +11,11 @@ import os
 
 import streamlit as st
 
+from cifar_core.bundled import bundled_runs
 from cifar_core.data import CifarData, DataError, load_cifar10
-from cifar_core.model import ModelConfig
+from cifar_core.model import CifarCNN, ModelConfig
 from cifar_core.presets import get_preset
+from cifar_core.runs import WEIGHTS_FILE, Run, list_runs, load_run
 from cifar_core.training import TrainConfig
 
 DEFAULT_PRESET = "baseline"
@@ -37,6 +39,14 @@ def get_data() -> CifarData | None:
         return None
 
 
+def load_data() -> tuple[CifarData | None, DataError | None]:
+    """(dataset, None), or (None, the reason it could not be read); draws nothing."""
+    try:
+        return _load(data_dir()), None
+    except DataError as err:
+        return None, err
+
+
 def reload_data() -> None:
     """Forget the cached dataset, after a download or upload put a new one in place."""
     _load.clear()
@@ -52,3 +62,18 @@ def get_config() -> tuple[str, ModelConfig, TrainConfig]:
 
 def set_config(preset: str, model: ModelConfig, train: TrainConfig) -> None:
     st.session_state.config = (preset, model, train)
+
+
+def trained_runs() -> list[Run]:
+    """Runs that have weights (newest first), then the bundled pretrained models."""
+    return [run for run in list_runs() if (run.path / WEIGHTS_FILE).exists()] + bundled_runs()
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model...")
+def _load_model(path: str, weights_mtime: float) -> CifarCNN:
+    return load_run(path).load_model("cpu")
+
+
+def load_model(run: Run) -> CifarCNN:
+    """The run's network on the CPU, cached; reloaded when a still-running job saves new weights."""
+    return _load_model(str(run.path), (run.path / WEIGHTS_FILE).stat().st_mtime)
