@@ -41,6 +41,9 @@ class ModelConfig:
     batch_norm: bool = False
     activation: Literal["relu", "gelu", "tanh", "sigmoid"] = "relu"
     pooling: Literal["max", "avg"] = "max"
+    # Pool right after a block's first conv (as the fastest CIFAR trainers do), so the
+    # block's later convs run on a quarter of the pixels.
+    pool_first: bool = False
     conv_dropout: tuple[float, ...] = (0.25, 0.25, 0.0)
     head: Literal["flatten", "global_max", "global_avg"] = "flatten"
     dense_units: tuple[int, ...] = (128, 64)
@@ -81,14 +84,24 @@ class ModelConfig:
 
     def spatial_sizes(self) -> list[int]:
         """Feature-map side after each block (before the head)."""
-        size, sizes = 32, []
+        return [sides[-1] for sides in self.conv_output_sides()]
+
+    def conv_output_sides(self) -> list[list[int]]:
+        """Per block, the side of each conv's output (before any pooling after it)."""
+        size, blocks = 32, []
         for _ in self.conv_filters:
-            for _ in range(self.convs_per_block):
+            sides = []
+            for i in range(self.convs_per_block):
                 if self.padding == "valid":
                     size -= self.kernel_size - 1
-            size = size // 2 if size >= 2 else size
-            sizes.append(size)
-        return sizes
+                sides.append(size)
+                if self.pool_first and i == 0:
+                    size = size // 2 if size >= 2 else size
+            if not self.pool_first:
+                size = size // 2 if size >= 2 else size
+            sides.append(size)
+            blocks.append(sides)
+        return blocks
 
     def feature_size(self) -> int:
         side = self.spatial_sizes()[-1]
@@ -128,17 +141,20 @@ class CifarCNN(nn.Module):
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         channels, side, n_conv = 3, 32, 0
         for block, filters in enumerate(c.conv_filters, start=1):
-            for _ in range(c.convs_per_block):
+            for i in range(c.convs_per_block):
                 n_conv += 1
                 layers[f"conv{n_conv}"] = nn.Conv2d(
                     channels, filters, c.kernel_size, padding=0 if c.padding == "valid" else "same",
                     bias=not c.batch_norm)
+                channels = filters
+                side -= c.kernel_size - 1 if c.padding == "valid" else 0
+                if c.pool_first and i == 0 and side >= 2:
+                    layers[f"pool{block}"] = pool(2)
+                    side //= 2
                 if c.batch_norm:
                     layers[f"bn{n_conv}"] = nn.BatchNorm2d(filters)
                 layers[f"{c.activation}{n_conv}"] = act()
-                channels = filters
-                side -= c.kernel_size - 1 if c.padding == "valid" else 0
-            if side >= 2:
+            if not c.pool_first and side >= 2:
                 layers[f"pool{block}"] = pool(2)
                 side //= 2
             if c.conv_dropout[block - 1] > 0:
@@ -146,7 +162,8 @@ class CifarCNN(nn.Module):
         if c.head == "flatten":
             layers["flatten"] = nn.Flatten()
         else:
-            layers["global_pool"] = nn.AdaptiveMaxPool2d(1) if c.head == "global_max" else nn.AdaptiveAvgPool2d(1)
+            global_pool = nn.AdaptiveMaxPool2d if c.head == "global_max" else nn.AdaptiveAvgPool2d
+            layers["global_pool"] = global_pool(1)
             layers["flatten"] = nn.Flatten()
         width = c.feature_size()
         for i, (units, rate) in enumerate(zip(c.dense_units, c.dense_dropout), start=1):
@@ -247,7 +264,9 @@ def layer_table(model: CifarCNN) -> list[LayerRow]:
         if len(shape) == 3:  # (C, H, W) -> (H, W, C)
             shape = (shape[1], shape[2], shape[0])
         kind = type(module).__name__
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and name != "logits":
+        # The activation follows batch norm where there is one, else the conv or dense layer.
+        activated = nn.BatchNorm2d if model.config.batch_norm else nn.Conv2d
+        if isinstance(module, (activated, nn.Linear)) and name != "logits":
             kind += f" + {model.config.activation}"
         if name == "logits":
             kind += " + softmax"
@@ -273,14 +292,11 @@ def summary(model: CifarCNN) -> str:
 
 def training_flops(config: ModelConfig) -> float:
     """Approximate FLOPs to train on one image (forward multiply-adds x 2, x 3 for backward)."""
-    macs, channels, side = 0, 3, 32
-    for filters in config.conv_filters:
-        for _ in range(config.convs_per_block):
-            if config.padding == "valid":
-                side -= config.kernel_size - 1
+    macs, channels = 0, 3
+    for filters, sides in zip(config.conv_filters, config.conv_output_sides()):
+        for side in sides[:-1]:
             macs += side * side * config.kernel_size ** 2 * channels * filters
             channels = filters
-        side = side // 2 if side >= 2 else side
     width = config.feature_size()
     for units in (*config.dense_units, config.num_classes):
         macs += width * units
