@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import pandas as pd
 import plotly.express as px
@@ -136,3 +138,70 @@ def network_dot(rows: list[LayerRow], rankdir: str = "TB") -> str:
         previous = f"n{i}"
     lines.append("}")
     return "\n".join(lines)
+
+
+# --- training and evaluation views ----------------------------------------------
+
+TRAIN_COLOUR, VAL_COLOUR, BEST_COLOUR = "#3b6fd4", "#e4572e", "#2ca02c"
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+
+
+def history_frame(history: Sequence[Mapping[str, float] | object]) -> pd.DataFrame:
+    """Epoch records (rows of history.csv or EpochRecord objects) as a frame, one row per epoch."""
+    rows = [dict(r) if isinstance(r, Mapping) else vars(r) for r in history]
+    return pd.DataFrame(rows, columns=list(HISTORY_FIELDS))
+
+
+def training_curves_figure(history: Sequence[Mapping[str, float] | object], metric: str = "loss",
+                           best_epoch: int | None = None, epochs: int | None = None) -> go.Figure:
+    """Train and validation ``loss`` or ``accuracy`` per epoch, the best epoch marked.
+
+    ``epochs`` fixes the x axis to the planned length, so a live curve grows to the right
+    instead of rescaling every epoch.
+    """
+    key = "acc" if metric == "accuracy" else "loss"
+    frame = history_frame(history)
+    fig = go.Figure()
+    for split, colour, name in (("train", TRAIN_COLOUR, "train"), ("val", VAL_COLOUR, "validation")):
+        fig.add_scatter(x=frame["epoch"], y=frame[f"{split}_{key}"], name=name, mode="lines+markers",
+                        line={"color": colour}, hovertemplate=f"{name}: %{{y:.4f}}<extra></extra>")
+    if best_epoch:
+        fig.add_vline(x=best_epoch, line_dash="dash", line_color=BEST_COLOUR,
+                      annotation_text=f"best epoch {best_epoch}", annotation_position="top left")
+    last = max([epochs or 0, int(frame["epoch"].max()) if len(frame) else 1, 1])
+    fig.update_layout(title="Accuracy" if key == "acc" else "Loss", hovermode="x unified",
+                      xaxis={"title": "epoch", "range": [0.5, last + 0.5],
+                             "dtick": 1 if last <= 20 else None},
+                      yaxis={"title": "accuracy" if key == "acc" else "cross-entropy loss",
+                             "tickformat": ".0%" if key == "acc" else None,
+                             "range": [0, 1] if key == "acc" else None, "rangemode": "tozero"},
+                      legend={"orientation": "h", "y": -0.25}, margin={"t": 50, "b": 10})
+    return fig
+
+
+def confusion_figure(matrix: np.ndarray, classes: Sequence[str], normalized: bool = False,
+                     title: str = "Confusion matrix") -> go.Figure:
+    """Heatmap with true classes as rows (top to bottom) and predicted classes as columns."""
+    labels = list(classes)
+    value = "%{z:.0%}" if normalized else "%{z:,}"
+    fig = go.Figure(go.Heatmap(
+        z=np.asarray(matrix), x=labels, y=labels, colorscale="Blues", zmin=0,
+        zmax=1 if normalized else None, texttemplate=value,
+        hovertemplate=f"true: %{{y}}<br>predicted: %{{x}}<br>{value}<extra></extra>",
+        colorbar={"tickformat": ".0%" if normalized else ","}))
+    fig.update_layout(title=title, height=560, margin={"t": 50, "b": 10},
+                      xaxis={"title": "predicted class", "side": "bottom", "constrain": "domain"},
+                      yaxis={"title": "true class", "autorange": "reversed", "scaleanchor": "x"})
+    return fig
+
+
+def per_class_figure(report: pd.DataFrame) -> go.Figure:
+    """Grouped bars of precision, recall and F1 per class (columns of Evaluation.per_class())."""
+    long = report.melt(id_vars="class", value_vars=["precision", "recall", "f1"],
+                       var_name="metric", value_name="score")
+    fig = px.bar(long, x="class", y="score", color="metric", barmode="group", range_y=[0, 1],
+                 title="Precision, recall and F1 per class",
+                 color_discrete_sequence=["#3b6fd4", "#e4572e", "#2ca02c"])
+    fig.update_layout(xaxis_title=None, yaxis_title=None, yaxis_tickformat=".0%", legend_title=None,
+                      margin={"t": 50, "b": 10})
+    return fig

@@ -1,0 +1,400 @@
+"""Background training jobs for the app: a thread per run, a live snapshot, stop, a limit.
+
+The registry is module-level (``get_registry()``), not per browser session, so a run
+keeps going when its page is left, its tab closed or its session ends; any session can
+list the jobs, and a session that remembers a job id finds it again, finished or not.
+
+Policies, and why:
+
+- **Limit: queue, don't refuse.** At most ``CIFAR_MAX_JOBS`` jobs (default 1) train at
+  once; further submissions wait in a first-come, first-served queue and start as soon
+  as a slot frees. On a 2-core server two runs only slow each other down, and a class
+  clicking "Start" at the same moment is better served by a visible queue position than
+  by an error. The queue itself is bounded (``CIFAR_MAX_QUEUED``, default 8; 0 turns
+  queueing off); beyond that ``submit`` raises ``JobLimitError`` with a message for the
+  user. A queued job can be stopped before it ever starts.
+- **Torch threads.** PyTorch's intra-op thread count is process-wide: a thread that
+  calls ``torch.set_num_threads`` changes it for itself and for every thread that first
+  uses torch after it (Streamlit starts a new script thread per rerun). Each job sets it
+  when it starts to ``CIFAR_TORCH_THREADS`` if given, else
+  ``max(1, (cores - 1) // max_jobs)``: one core stays free for the web server, and
+  concurrent jobs don't oversubscribe the rest. On a busy 2-core machine this is also
+  the fastest choice for training itself: with 2 OpenMP threads, and the other core
+  needed elsewhere, a batch waits on the slower thread (measured: about 1,100 images/s
+  with 1 thread against 230 with 2 while another process was busy). Page threads that
+  run models (evaluation, prediction) inherit the same count once a job has started.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .data import CifarData, DataError, subset
+from .model import ModelConfig
+from .pipeline import train_run
+from .runs import RunError, default_runs_root, new_run_dir
+from .training import BatchEvent, EpochEvent, EpochRecord, Event, TrainConfig
+
+log = logging.getLogger(__name__)
+
+JobStatus = Literal["queued", "running", "finished", "stopped", "failed"]
+ACTIVE_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
+Phase = Literal["waiting", "preparing", "training", "validating", "testing", "done"]
+
+DEFAULT_MAX_QUEUED = 8
+DEFAULT_KEEP_FINISHED = 50
+
+
+class JobLimitError(RuntimeError):
+    """The queue is full; the message says so in words a user can act on."""
+
+
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return max(minimum, int(value))
+    except ValueError:
+        log.warning("ignoring %s=%r: not an integer", name, value)
+        return default
+
+
+def default_torch_threads(max_jobs: int) -> int:
+    """Threads per training job: every core but one, shared among the concurrent jobs."""
+    explicit = os.environ.get("CIFAR_TORCH_THREADS", "").strip()
+    if explicit:
+        return _env_int("CIFAR_TORCH_THREADS", 1)
+    cores = os.cpu_count() or 1
+    return max(1, (cores - 1) // max(1, max_jobs))
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """One consistent, immutable view of a job; pages only ever read these."""
+
+    id: str
+    status: JobStatus
+    phase: Phase
+    preset: str | None
+    subset: int | None
+    epochs: int  # planned; early stopping may end the run sooner
+    epoch: int  # the epoch in progress (or last finished), 1-based; 0 before the first batch
+    batch: int
+    batches: int
+    loss: float | None  # of the latest batch
+    images_per_second: float | None
+    eta_epoch: float | None  # seconds left in this epoch's training batches
+    eta_run: float | None  # seconds left if the run goes all planned epochs
+    history: tuple[EpochRecord, ...]
+    best_epoch: int
+    epochs_without_improvement: int
+    patience: int | None  # None when early stopping is off
+    monitor: str
+    error: str | None
+    run_dir: Path | None
+    submitted: float  # time.time()
+    started: float | None
+    ended: float | None
+    stop_requested: bool
+    metrics: Mapping[str, object] = field(default_factory=dict)  # metrics.json once done
+    queue_position: int | None = None  # 1 = next to start; None unless queued
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the planned batches done, in [0, 1]."""
+        if self.status == "finished":
+            return 1.0
+        if not self.epochs or not self.batches or not self.epoch:
+            return 0.0
+        done = (self.epoch - 1) + self.batch / self.batches
+        return min(1.0, max(0.0, done / self.epochs))
+
+    @property
+    def elapsed(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.ended or time.time()) - self.started
+
+
+class Job:
+    """One training run in its own daemon thread. Created and started by the registry."""
+
+    def __init__(self, job_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                 data: CifarData, preset: str | None, subset_size: int | None,
+                 runs_root: Path, torch_threads: int) -> None:
+        self.id = job_id
+        self.model_cfg, self.train_cfg = model_cfg, train_cfg
+        self.data, self.preset, self.subset = data, preset, subset_size
+        self.runs_root = runs_root
+        self.torch_threads = torch_threads
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        # Everything below is guarded by _lock and read only through snapshot().
+        self._status: JobStatus = "queued"
+        self._phase: Phase = "waiting"
+        self._epoch = self._batch = self._batches = 0
+        self._loss: float | None = None
+        self._ips: float | None = None
+        self._eta_epoch: float | None = None
+        self._eta_run: float | None = None
+        self._history: list[EpochRecord] = []
+        self._best_epoch = self._since_best = 0
+        self._error: str | None = None
+        self._run_dir: Path | None = None
+        self._metrics: dict = {}
+        self._submitted = time.time()
+        self._started: float | None = None
+        self._ended: float | None = None
+        self._epoch_mark = 0.0  # perf_counter when the previous epoch ended
+
+    # --- read side ------------------------------------------------------------
+
+    def snapshot(self) -> JobSnapshot:
+        cfg = self.train_cfg
+        with self._lock:
+            return JobSnapshot(
+                id=self.id, status=self._status, phase=self._phase, preset=self.preset,
+                subset=self.subset, epochs=cfg.epochs, epoch=self._epoch, batch=self._batch,
+                batches=self._batches, loss=self._loss, images_per_second=self._ips,
+                eta_epoch=self._eta_epoch, eta_run=self._eta_run, history=tuple(self._history),
+                best_epoch=self._best_epoch, epochs_without_improvement=self._since_best,
+                patience=cfg.patience if cfg.early_stopping else None, monitor=cfg.monitor,
+                error=self._error, run_dir=self._run_dir, submitted=self._submitted,
+                started=self._started, ended=self._ended,
+                stop_requested=self.stop_event.is_set(), metrics=dict(self._metrics))
+
+    @property
+    def status(self) -> JobStatus:
+        with self._lock:
+            return self._status
+
+    # --- lifecycle (called by the registry under its lock) ----------------------
+
+    def launch(self, run_dir: Path, on_done: Callable[[Job], None]) -> None:
+        with self._lock:
+            self._status, self._phase = "running", "preparing"
+            self._run_dir, self._started = run_dir, time.time()
+        self.thread = threading.Thread(target=self._run, args=(on_done,), name=f"train-{self.id}",
+                                       daemon=True)
+        self.thread.start()
+
+    def cancel(self, reason: str | None = None) -> None:
+        """End a job that never started: stopped by request, or failed with ``reason``."""
+        with self._lock:
+            self._status = "failed" if reason else "stopped"
+            self._phase, self._error, self._ended = "done", reason, time.time()
+
+    # --- the thread -----------------------------------------------------------
+
+    def _run(self, on_done: Callable[[Job], None]) -> None:
+        status: JobStatus = "failed"
+        metrics: dict = {}
+        error: str | None = None
+        try:
+            # Process-wide in effect (see the module docstring); same value for every job.
+            torch.set_num_threads(self.torch_threads)
+            data = subset(self.data, self.subset, seed=self.train_cfg.seed) if self.subset else self.data
+            metrics = train_run(self.model_cfg, self.train_cfg, data, self._run_dir,
+                                on_event=self._on_event, stop=self.stop_event,
+                                preset=self.preset, subset=self.subset)
+            status = "stopped" if metrics.get("status") == "stopped" else "finished"
+        except (RunError, DataError, ValueError) as err:  # bad settings, unwritable folder: say what
+            error = str(err)
+        except Exception as err:  # keep the server alive; the page shows the message
+            log.exception("training job %s failed", self.id)
+            error = f"{type(err).__name__}: {err}"
+        finally:
+            with self._lock:
+                self._status, self._phase, self._metrics = status, "done", metrics
+                self._error, self._ended = error, time.time()
+                self._eta_epoch = self._eta_run = None
+            on_done(self)
+
+    def _on_event(self, event: Event) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            if isinstance(event, BatchEvent):
+                self._on_batch(event, now)
+            elif isinstance(event, EpochEvent):
+                self._on_epoch(event, now)
+
+    def _on_batch(self, event: BatchEvent, now: float) -> None:
+        self._epoch, self._batch, self._batches = event.epoch, event.batch, event.batches
+        self._loss, self._ips = event.loss, event.images_per_second
+        self._phase = "validating" if event.batch == event.batches else "training"
+        # Epoch 1 counts from the core's own start mark, leaving out model building.
+        epoch_elapsed = event.elapsed if event.epoch == 1 else now - self._epoch_mark
+        per_batch = epoch_elapsed / event.batch
+        self._eta_epoch = per_batch * (event.batches - event.batch)
+        # Finished epochs' wall time includes validation, so it is the better estimate.
+        per_epoch = (sum(r.seconds for r in self._history) / len(self._history)
+                     if self._history else per_batch * event.batches)
+        self._eta_run = self._eta_epoch + per_epoch * (self.train_cfg.epochs - event.epoch)
+
+    def _on_epoch(self, event: EpochEvent, now: float) -> None:
+        cfg = self.train_cfg
+        self._history.append(event.record)
+        self._best_epoch, self._since_best = event.best_epoch, event.epochs_without_improvement
+        self._epoch_mark = now
+        last = (event.record.epoch >= cfg.epochs or self.stop_event.is_set()
+                or (cfg.early_stopping and event.epochs_without_improvement >= cfg.patience))
+        self._phase = "testing" if last else "training"
+        self._eta_epoch = 0.0 if last else None
+        if last:
+            self._eta_run = None
+
+
+class JobRegistry:
+    """All jobs of this process: submit, list, stop; at most ``max_jobs`` train at once."""
+
+    def __init__(self, max_jobs: int | None = None, max_queued: int | None = None,
+                 torch_threads: int | None = None, keep_finished: int = DEFAULT_KEEP_FINISHED) -> None:
+        self.max_jobs = max_jobs if max_jobs is not None else _env_int("CIFAR_MAX_JOBS", 1)
+        self.max_queued = (max_queued if max_queued is not None
+                           else _env_int("CIFAR_MAX_QUEUED", DEFAULT_MAX_QUEUED, minimum=0))
+        self.torch_threads = torch_threads or default_torch_threads(self.max_jobs)
+        self.keep_finished = keep_finished
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}  # insertion order = submission order
+        self._queue: deque[Job] = deque()
+        self._running: set[str] = set()
+        self._ids = itertools.count(1)
+
+    def submit(self, model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, *,
+               preset: str | None = None, subset_size: int | None = None,
+               runs_root: str | os.PathLike | None = None) -> str:
+        """Queue a run and start it as soon as a slot is free; returns the job id."""
+        root = Path(runs_root) if runs_root else default_runs_root()
+        with self._lock:
+            if len(self._queue) >= self.max_queued and len(self._running) >= self.max_jobs:
+                raise JobLimitError(
+                    f"{len(self._running)} run(s) training and {len(self._queue)} waiting: the queue "
+                    "is full. Try again when one has finished, or stop one you started.")
+            job_id = f"{time.strftime('%H%M%S')}-{next(self._ids)}"
+            job = Job(job_id, model_cfg, train_cfg, data, preset, subset_size or None, root,
+                      self.torch_threads)
+            self._jobs[job_id] = job
+            self._queue.append(job)
+            self._dispatch_locked()
+            self._forget_old_locked()
+        return job_id
+
+    def stop(self, job_id: str) -> bool:
+        """Ask a job to stop (within one batch); a queued job is dropped. False if unknown or done."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return False
+            if job in self._queue:
+                self._queue.remove(job)
+                job.cancel()
+                return True
+            if job.status != "running":
+                return False
+            job.stop_event.set()
+            return True
+
+    def snapshot(self, job_id: str) -> JobSnapshot | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            return self._snapshot_locked(job)
+
+    def snapshots(self) -> list[JobSnapshot]:
+        """Every known job, newest first."""
+        with self._lock:
+            return [self._snapshot_locked(job) for job in reversed(self._jobs.values())]
+
+    def active(self) -> list[JobSnapshot]:
+        """Running jobs, then queued ones in the order they will start."""
+        with self._lock:
+            running = [self._snapshot_locked(self._jobs[i]) for i in self._running]
+            queued = [self._snapshot_locked(job) for job in self._queue]
+        return sorted(running, key=lambda s: s.submitted) + queued
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobSnapshot | None:
+        """Block until the job is done (or ``timeout`` passes); its latest snapshot."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            if job.thread is not None:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                job.thread.join(left)
+            snap = self.snapshot(job_id)
+            if snap is None or not snap.active:
+                return snap
+            if deadline is not None and time.monotonic() >= deadline:
+                return snap
+            time.sleep(0.02)  # still queued: poll until it starts
+
+    # --- internals (callers hold self._lock) ------------------------------------
+
+    def _snapshot_locked(self, job: Job) -> JobSnapshot:
+        snap = job.snapshot()
+        if snap.status == "queued" and job in self._queue:
+            return replace(snap, queue_position=self._queue.index(job) + 1)
+        return snap
+
+    def _dispatch_locked(self) -> None:
+        while self._queue and len(self._running) < self.max_jobs:
+            job = self._queue.popleft()
+            try:
+                run_dir = self._reserve_dir_locked(job)
+            except (RunError, OSError) as err:
+                job.cancel(f"cannot create a run folder: {err}")
+                continue
+            self._running.add(job.id)
+            job.launch(run_dir, self._job_done)
+
+    def _reserve_dir_locked(self, job: Job) -> Path:
+        # new_run_dir only picks a free name; creating it here, under the lock, keeps two
+        # jobs started in the same second from sharing a folder.
+        label = re.sub(r"[^A-Za-z0-9_.-]+", "-", job.preset or "run").strip("-.") or "run"
+        run_dir = new_run_dir(job.runs_root, label=label)
+        run_dir.mkdir(parents=True, exist_ok=False)
+        return run_dir
+
+    def _job_done(self, job: Job) -> None:
+        with self._lock:
+            self._running.discard(job.id)
+            self._dispatch_locked()
+
+    def _forget_old_locked(self) -> None:
+        done = [j for j in self._jobs.values() if j.id not in self._running and j not in self._queue]
+        for job in done[:max(0, len(done) - self.keep_finished)]:
+            del self._jobs[job.id]
+
+
+_registry: JobRegistry | None = None
+_registry_lock = threading.Lock()
+
+
+def get_registry() -> JobRegistry:
+    """The process-wide registry, created on first use (limits read from the environment then)."""
+    global _registry
+    with _registry_lock:
+        if _registry is None:
+            _registry = JobRegistry()
+        return _registry
