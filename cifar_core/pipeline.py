@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .data import CifarData
 from .evaluation import evaluate
@@ -27,6 +28,7 @@ def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, r
     exception marks the folder ``interrupted`` and propagates.
     """
     writer = RunWriter(run_dir, model_cfg, train_cfg, preset, subset)
+    torch.manual_seed(train_cfg.seed)  # the initial weights belong to the seeded run too
     model = build_model(model_cfg)
     history = []
 
