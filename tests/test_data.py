@@ -427,7 +427,8 @@ def test_bad_archive_never_replaces_a_good_dataset(good_folder: Path, tmp_path: 
         assert sorted(p.name for p in dest.iterdir()) == [FOLDER_NAME]
 
 
-def test_oversized_member_is_refused_before_reading(good_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_oversized_member_is_refused_before_reading(good_folder: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cdata, "MAX_MEMBER_BYTES", 1000)
     with pytest.raises(DataError, match="too large"):
         read_archive(tar_bytes(good_members(good_folder)))
