@@ -202,6 +202,8 @@ class Dropout(nn.Dropout):
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
         threshold = round(self.p * 256)
+        if not 0 < threshold < 256:  # rates within 1/512 of 0 or 1: bytes cannot express them
+            return super().forward(x)
         n = x.numel()
         # Draw in the tensor's memory order (channels_last or not), then view as x.
         order = x.permute(0, 2, 3, 1) if x.dim() == 4 and not x.is_contiguous() else x
