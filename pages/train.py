@@ -1,0 +1,293 @@
+"""Train: start a run in the background, watch it learn, stop it; every run so far.
+
+The run itself lives in the process-wide job registry (cifar_core.jobs), not in this
+page: leaving the page or closing the tab does not stop it, and coming back shows it
+again. This page only submits, reads snapshots once a second and sends stop requests.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
+
+from app_state import get_config, get_data
+from cifar_core.data import CifarData
+from cifar_core.jobs import JobLimitError, JobSnapshot, get_registry
+from cifar_core.model import ConfigError, ModelConfig, build_model, count_parameters
+from cifar_core.plots import training_curves_figure
+from cifar_core.presets import apply_overrides
+from cifar_core.runs import Run, list_runs
+from cifar_core.training import TrainConfig
+
+JOB_KEY = "train.job_id"
+REFRESH_SECONDS = 1.0
+
+HELP_EARLY_STOPPING = (
+    "**Early stopping** watches the validation score after every epoch. When it has not "
+    "improved for *patience* epochs in a row, training stops and the weights of the best "
+    "epoch are kept: more epochs would only make the network memorise the training images "
+    "(overfitting) instead of learning what generalises.")
+HELP_PATIENCE = (
+    "Epochs since the validation score last improved. Training stops when this reaches "
+    "the patience; a new best epoch resets it to 0.")
+HELP_VALIDATION = (
+    "The **training** curve is measured on the images the network learns from. The "
+    "**validation** curve is measured on 20% of the training set held back: the network "
+    "never learns from them, so they show how well it generalises. When the two curves "
+    "drift apart, the network is overfitting.")
+HELP_TEST = (
+    "The **test** set (10,000 images) is used once, at the end, on the best epoch's weights. "
+    "Validation accuracy picked that epoch, so it is slightly optimistic; the test accuracy "
+    "is the honest figure to report.")
+HELP_IPS = "Training images processed per second, including the augmentation, so far in this run."
+PHASES = {"waiting": "waiting for a free slot", "preparing": "preparing",
+          "training": "training", "validating": "checking the validation images",
+          "testing": "testing the best weights on the test set", "done": "done"}
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def fmt_pct(value: object) -> str:
+    return f"{value:.1%}" if isinstance(value, int | float) else "–"
+
+
+# --- configuration and start ----------------------------------------------------
+
+def show_config(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    stopping = (f"on {train_cfg.monitor.replace('_', ' ')}, patience {train_cfg.patience}"
+                if train_cfg.early_stopping else "off")
+    cols = st.columns(5)
+    cols[0].metric("Preset", preset)
+    cols[1].metric("Parameters", f"{count_parameters(build_model(model_cfg)):,}")
+    cols[2].metric("Optimizer", f"{train_cfg.optimizer} · lr {train_cfg.lr:g}")
+    cols[3].metric("Batch · epochs", f"{train_cfg.batch_size} · {train_cfg.epochs}")
+    cols[4].metric("Early stopping", stopping, help=HELP_EARLY_STOPPING)
+    st.page_link("pages/model.py", label="Change the network and its settings on the Model page",
+                 icon=":material/tune:")
+
+
+def start_controls(data: CifarData, preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                   own: JobSnapshot | None) -> None:
+    n_train = len(data.y_train)
+    left, middle, right = st.columns([2, 2, 1], vertical_alignment="bottom")
+    size = left.number_input(
+        f"Training images (0 = all {n_train:,})", min_value=0, max_value=n_train, value=0,
+        step=500, key="train.subset",
+        help="A quick run on part of the training set: a few thousand images and one or two "
+             "epochs take seconds to a minute and show the whole process. Validation and test "
+             "sets shrink in proportion.")
+    epochs = middle.number_input("Epochs", min_value=1, max_value=500, value=train_cfg.epochs,
+                                 key="train.epochs",
+                                 help="The most epochs to train; early stopping may end sooner. "
+                                      "One epoch is one pass over every training image.")
+    busy = own is not None and own.active
+    if right.button("Start training", type="primary", key="train.start", disabled=busy,
+                    icon=":material/play_arrow:", width="stretch",
+                    help="Your run is still going: stop it first." if busy else None):
+        submit(data, preset, model_cfg, train_cfg, int(size), int(epochs))
+
+
+def submit(data: CifarData, preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
+           size: int, epochs: int) -> None:
+    try:
+        model_cfg, train_cfg = apply_overrides(model_cfg, train_cfg, {"epochs": epochs})
+        job_id = get_registry().submit(model_cfg, train_cfg, data, preset=preset,
+                                       subset_size=size or None)
+    except (JobLimitError, ConfigError) as err:
+        st.error(str(err))
+        return
+    st.session_state[JOB_KEY] = job_id
+
+
+def current_job() -> tuple[JobSnapshot | None, bool]:
+    """(the job to show, whether this session started it): its own, else one running on the server."""
+    registry = get_registry()
+    own_id = st.session_state.get(JOB_KEY)
+    own = registry.snapshot(own_id) if own_id else None
+    if own is not None:
+        return own, True
+    active = registry.active()
+    return (active[0], False) if active else (None, False)
+
+
+# --- the live view ----------------------------------------------------------------
+
+def live_view(job_id: str, poll: bool) -> None:
+    """Redraws itself every second while ``poll``; a full rerun follows when the job ends."""
+
+    @st.fragment(run_every=REFRESH_SECONDS if poll else None)
+    def view() -> None:
+        snap = get_registry().snapshot(job_id)
+        if snap is None:
+            st.info("That run is no longer in memory; it is in the run list below.")
+            return
+        draw_job(snap)
+        if poll and not snap.active:
+            st.rerun()  # the whole page: stop polling, show final figures and the new run
+
+    view()
+
+
+def draw_job(snap: JobSnapshot) -> None:
+    what = f"**{snap.preset or 'custom'}**" + (f" on {snap.subset:,} images" if snap.subset else "")
+    if snap.status == "queued":
+        st.info(f"{what} is waiting: number {snap.queue_position} in the queue. Only a limited "
+                "number of runs train at once on this server, so they don't slow each other down; "
+                "it starts by itself when a slot frees.", icon=":material/hourglass_top:")
+        stop_button(snap, "Cancel")
+        return
+    if snap.active:
+        draw_progress(snap, what)
+    else:
+        draw_result(snap, what)
+    draw_curves(snap)
+
+
+def draw_progress(snap: JobSnapshot, what: str) -> None:
+    stopping = " (stop requested: finishing this batch, then testing)" if snap.stop_requested else ""
+    text = (f"{what} · epoch {snap.epoch}/{snap.epochs} · batch {snap.batch}/{snap.batches} · "
+            f"{PHASES[snap.phase]}{stopping}" if snap.epoch else f"{what} · {PHASES[snap.phase]}")
+    st.progress(snap.progress, text=text)
+    cols = st.columns(6)
+    cols[0].metric("Epoch time left", fmt_seconds(snap.eta_epoch),
+                   help="Time for the rest of this epoch's training batches.")
+    cols[1].metric("Run time left" + (" (at most)" if snap.patience else ""), fmt_seconds(snap.eta_run),
+                   help="If every planned epoch runs; early stopping may end the run sooner.")
+    cols[2].metric("Images / second", f"{snap.images_per_second:,.0f}" if snap.images_per_second else "–",
+                   help=HELP_IPS)
+    cols[3].metric("Batch loss", f"{snap.loss:.3f}" if snap.loss is not None else "–",
+                   help="Cross-entropy of the latest batch: lower is better; it jumps around "
+                        "from batch to batch, the epoch curves below are smoother.")
+    draw_stopping(snap, cols[4], cols[5])
+    stop_button(snap, "Stop")
+
+
+def draw_stopping(snap: JobSnapshot, best_col: DeltaGenerator, patience_col: DeltaGenerator) -> None:
+    best = snap.history[snap.best_epoch - 1] if snap.best_epoch else None
+    best_col.metric("Best epoch", str(snap.best_epoch) if best else "–",
+                    f"val acc {best.val_acc:.1%}" if best else None, delta_color="off",
+                    help=f"The epoch with the best {snap.monitor.replace('_', ' ')} so far; "
+                         "its weights are the ones kept.")
+    if snap.patience:
+        patience_col.metric("Patience", f"{snap.epochs_without_improvement} / {snap.patience}",
+                            help=HELP_PATIENCE + " " + HELP_EARLY_STOPPING)
+    else:
+        patience_col.metric("Early stopping", "off", help=HELP_EARLY_STOPPING)
+
+
+def stop_button(snap: JobSnapshot, label: str) -> None:
+    if st.button(label, key=f"train.stop.{snap.id}", icon=":material/stop:",
+                 disabled=snap.stop_requested,
+                 help="Stops after the current batch. The epochs done so far are kept, the best "
+                      "weights are tested and saved as a run marked 'stopped'."):
+        get_registry().stop(snap.id)
+        st.rerun(scope="fragment")
+
+
+def draw_result(snap: JobSnapshot, what: str) -> None:
+    m = snap.metrics
+    if snap.status == "failed":
+        st.error(f"{what} failed: {snap.error}", icon=":material/error:")
+        return
+    if snap.status == "stopped" and not snap.history:
+        st.warning(f"{what} was stopped before any epoch finished.", icon=":material/stop_circle:")
+        return
+    how = "finished" if snap.status == "finished" else "was stopped"
+    early = " (early stopping ended it)" if m.get("stopped_early") else ""
+    st.success(f"{what} {how} after {len(snap.history)} epochs{early}. Run folder: `{snap.run_dir}`",
+               icon=":material/check_circle:")
+    cols = st.columns(5)
+    cols[0].metric("Best epoch", m.get("best_epoch") or "–")
+    cols[1].metric("Validation accuracy", fmt_pct(m.get("val_acc")), help=HELP_VALIDATION)
+    cols[2].metric("Test accuracy", fmt_pct(m.get("test_acc")), help=HELP_TEST)
+    cols[3].metric("Training time", fmt_seconds(m.get("train_seconds")))
+    ips = m.get("images_per_second")
+    cols[4].metric("Images / second", f"{ips:,.0f}" if ips else "–", help=HELP_IPS)
+    st.page_link("pages/evaluate.py", label="See its confusion matrix and mistakes on the Evaluate page",
+                 icon=":material/grid_on:")
+
+
+def draw_curves(snap: JobSnapshot) -> None:
+    if not snap.history:
+        st.caption("The loss and accuracy curves appear after the first epoch.")
+        return
+    left, right = st.columns(2)
+    for column, metric in ((left, "loss"), (right, "accuracy")):
+        fig = training_curves_figure(snap.history, metric, snap.best_epoch, snap.epochs)
+        column.plotly_chart(fig, width="stretch", key=f"train.curve.{metric}")
+    st.caption(HELP_VALIDATION)
+
+
+def other_jobs(shown: JobSnapshot | None) -> None:
+    others = [s for s in get_registry().active() if shown is None or s.id != shown.id]
+    if not others:
+        return
+    st.caption("Also on this server: " + "; ".join(
+        f"{s.preset or 'custom'} ({s.status}{f', #{s.queue_position} in queue' if s.queue_position else ''})"
+        for s in others))
+
+
+# --- every run so far ---------------------------------------------------------------
+
+def runs_frame(runs: list[Run]) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        m = run.metrics
+        rows.append({"run": run.name, "status": run.status, "preset": run.config.get("preset"),
+                     "images": run.config.get("subset"), "epochs": m.get("epochs_run"),
+                     "best epoch": m.get("best_epoch") or None, "val acc": m.get("val_acc"),
+                     "test acc": m.get("test_acc"), "images/s": m.get("images_per_second"),
+                     "created": pd.to_datetime(run.config.get("created"), errors="coerce")})
+    return pd.DataFrame(rows, columns=["run", "status", "preset", "images", "epochs", "best epoch",
+                                       "val acc", "test acc", "images/s", "created"])
+
+
+def show_runs() -> None:
+    st.subheader("All runs")
+    runs = list_runs()
+    if not runs:
+        st.caption("No runs yet. Each run you start here (or with `python -m cifar_core train`) "
+                   "is saved as a folder and listed here.")
+        return
+    st.dataframe(runs_frame(runs), hide_index=True, width="stretch", key="train.runs",
+                 column_config={
+                     "val acc": st.column_config.NumberColumn(format="percent", help=HELP_VALIDATION),
+                     "test acc": st.column_config.NumberColumn(format="percent", help=HELP_TEST),
+                     "images": st.column_config.NumberColumn(help="Training images; empty = all"),
+                     "images/s": st.column_config.NumberColumn(format="%.0f", help=HELP_IPS),
+                     "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+                     "status": st.column_config.TextColumn(
+                         help="finished; stopped (by you; still tested and saved); interrupted "
+                              "(the server stopped mid-run; the best epoch so far is kept)"),
+                 })
+
+
+# --- the page -------------------------------------------------------------------------
+
+st.title("Train")
+st.caption("Train the network configured on the Model page. The run keeps going in the background "
+           "when you leave this page; come back any time to watch it.")
+preset, model_cfg, train_cfg = get_config()
+show_config(preset, model_cfg, train_cfg)
+data = get_data()
+shown, is_own = current_job()
+if data is not None:
+    start_controls(data, preset, model_cfg, train_cfg, shown if is_own else None)
+    shown, is_own = current_job()  # a run started just now
+if shown is not None:
+    st.subheader("This run" if is_own else "A run started in another session")
+    live_view(shown.id, poll=shown.active)
+    other_jobs(shown)
+show_runs()
