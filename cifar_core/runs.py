@@ -179,7 +179,11 @@ class Run:
 
     def load_model(self, device: torch.device | str = "cpu") -> CifarCNN:
         model = build_model(self.model_config)
-        model.load_state_dict(load_weights(self.path / WEIGHTS_FILE))
+        try:
+            model.load_state_dict(load_weights(self.path / WEIGHTS_FILE))
+        except RuntimeError as err:  # names or shapes that are not this config's model
+            detail = " ".join(str(err).split())[:300]
+            raise RunError(f"{self.path / WEIGHTS_FILE}: does not fit {CONFIG_FILE} ({detail})") from None
         return model.to(device).eval()
 
 
