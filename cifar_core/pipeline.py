@@ -42,15 +42,16 @@ def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, r
 
     try:
         result: FitResult = fit(model, data, train_cfg, record, stop)
+        if not result.history:
+            writer.finish("stopped", train_seconds=result.train_seconds)
+            return writer.metrics
+        writer.save_weights(result.best_state)
+        test = evaluate(model, data.x_test, data.y_test, data.classes, train_cfg.device,
+                        train_cfg.precision, train_cfg.tta_flip)
     except BaseException:
+        # Also after training: a run whose process lives on (an app job) must not stay "running".
         writer.finish("interrupted")
         raise
-    if not result.history:
-        writer.finish("stopped", train_seconds=result.train_seconds)
-        return writer.metrics
-    writer.save_weights(result.best_state)
-    test = evaluate(model, data.x_test, data.y_test, data.classes, train_cfg.device,
-                    train_cfg.precision, train_cfg.tta_flip)
     best = result.history[result.best_epoch - 1]
     writer.finish(
         "stopped" if result.stopped_by_user else "finished",
