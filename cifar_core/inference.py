@@ -70,7 +70,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def to_cifar(image: Image.Image) -> np.ndarray:
     """An RGB image -> uint8 (32, 32, 3): centre-crop to a square, then a high-quality shrink."""
-    return np.asarray(ImageOps.fit(image, (32, 32), method=Image.Resampling.LANCZOS))
+    # np.array, not np.asarray: a read-only view makes torch warn when it becomes a tensor.
+    return np.array(ImageOps.fit(image, (32, 32), method=Image.Resampling.LANCZOS))
 
 
 @dataclass(frozen=True)
