@@ -47,16 +47,17 @@ PHASES = {"waiting": "waiting for a free slot", "preparing": "preparing",
 
 
 def fmt_seconds(seconds: float | None) -> str:
+    """Short on purpose (``42s``, ``3m 05s``, ``1h 12m``): it must fit a narrow metric."""
     if seconds is None:
         return "–"
     seconds = max(0, round(seconds))
     if seconds < 60:
-        return f"{seconds} s"
+        return f"{seconds}s"
     minutes, seconds = divmod(seconds, 60)
     if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
+        return f"{minutes}m {seconds:02d}s"
     hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+    return f"{hours}h {minutes:02d}m"
 
 
 def fmt_pct(value: object) -> str:
@@ -66,16 +67,16 @@ def fmt_pct(value: object) -> str:
 # --- configuration and start ----------------------------------------------------
 
 def show_config(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
-    stopping = (f"on {train_cfg.monitor.replace('_', ' ')}, patience {train_cfg.patience}"
-                if train_cfg.early_stopping else "off")
-    cols = st.columns(5)
-    cols[0].metric("Preset", preset)
-    cols[1].metric("Parameters", f"{count_parameters(build_model(model_cfg)):,}")
-    cols[2].metric("Optimizer", f"{train_cfg.optimizer} · lr {train_cfg.lr:g}")
-    cols[3].metric("Batch · epochs", f"{train_cfg.batch_size} · {train_cfg.epochs}")
-    cols[4].metric("Early stopping", stopping, help=HELP_EARLY_STOPPING)
-    st.page_link("pages/model.py", label="Change the network and its settings on the Model page",
-                 icon=":material/tune:")
+    stopping = (f"early stopping on {train_cfg.monitor.replace('_', ' ')}, patience {train_cfg.patience}"
+                if train_cfg.early_stopping else "no early stopping")
+    params = count_parameters(build_model(model_cfg))
+    with st.container(border=True):
+        st.markdown(f"**{preset}** · {params:,} parameters · {train_cfg.optimizer}, learning rate "
+                    f"{train_cfg.lr:g} · batch {train_cfg.batch_size} · up to {train_cfg.epochs} epochs "
+                    f"· {stopping} · augmentation {train_cfg.augmentation}",
+                    help=HELP_EARLY_STOPPING)
+        st.page_link("pages/model.py", label="Change the network and its settings on the Model page",
+                     icon=":material/tune:")
 
 
 def start_controls(data: CifarData, preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -109,6 +110,7 @@ def submit(data: CifarData, preset: str, model_cfg: ModelConfig, train_cfg: Trai
         st.error(str(err))
         return
     st.session_state[JOB_KEY] = job_id
+    st.rerun()  # redraw the whole page: Start disabled, the live view polling
 
 
 def current_job() -> tuple[JobSnapshot | None, bool]:
@@ -157,15 +159,21 @@ def draw_job(snap: JobSnapshot) -> None:
 
 def draw_progress(snap: JobSnapshot, what: str) -> None:
     stopping = " (stop requested: finishing this batch, then testing)" if snap.stop_requested else ""
-    text = (f"{what} · epoch {snap.epoch}/{snap.epochs} · batch {snap.batch}/{snap.batches} · "
-            f"{PHASES[snap.phase]}{stopping}" if snap.epoch else f"{what} · {PHASES[snap.phase]}")
-    st.progress(snap.progress, text=text)
+    if snap.epoch:
+        st.progress(snap.batch / snap.batches,
+                    text=f"{what} · epoch {snap.epoch}/{snap.epochs} · batch {snap.batch}/{snap.batches} "
+                         f"· {PHASES[snap.phase]}{stopping}")
+    else:
+        st.progress(0.0, text=f"{what} · {PHASES[snap.phase]}")
+    st.progress(snap.progress, text=f"Whole run: {snap.progress:.0%} of {snap.epochs} planned epochs"
+                + (" (early stopping may end it sooner)" if snap.patience else ""))
     cols = st.columns(6)
-    cols[0].metric("Epoch time left", fmt_seconds(snap.eta_epoch),
+    cols[0].metric("Epoch ETA", fmt_seconds(snap.eta_epoch),
                    help="Time for the rest of this epoch's training batches.")
-    cols[1].metric("Run time left" + (" (at most)" if snap.patience else ""), fmt_seconds(snap.eta_run),
-                   help="If every planned epoch runs; early stopping may end the run sooner.")
-    cols[2].metric("Images / second", f"{snap.images_per_second:,.0f}" if snap.images_per_second else "–",
+    cols[1].metric("Run ETA", fmt_seconds(snap.eta_run),
+                   help="Time left if every planned epoch runs"
+                        + ("; early stopping may end the run sooner." if snap.patience else "."))
+    cols[2].metric("Images/s", f"{snap.images_per_second:,.0f}" if snap.images_per_second else "–",
                    help=HELP_IPS)
     cols[3].metric("Batch loss", f"{snap.loss:.3f}" if snap.loss is not None else "–",
                    help="Cross-entropy of the latest batch: lower is better; it jumps around "
@@ -177,7 +185,7 @@ def draw_progress(snap: JobSnapshot, what: str) -> None:
 def draw_stopping(snap: JobSnapshot, best_col: DeltaGenerator, patience_col: DeltaGenerator) -> None:
     best = snap.history[snap.best_epoch - 1] if snap.best_epoch else None
     best_col.metric("Best epoch", str(snap.best_epoch) if best else "–",
-                    f"val acc {best.val_acc:.1%}" if best else None, delta_color="off",
+                    f"val {best.val_acc:.1%}" if best else None, delta_color="off", delta_arrow="off",
                     help=f"The epoch with the best {snap.monitor.replace('_', ' ')} so far; "
                          "its weights are the ones kept.")
     if snap.patience:
@@ -206,15 +214,16 @@ def draw_result(snap: JobSnapshot, what: str) -> None:
         return
     how = "finished" if snap.status == "finished" else "was stopped"
     early = " (early stopping ended it)" if m.get("stopped_early") else ""
-    st.success(f"{what} {how} after {len(snap.history)} epochs{early}. Run folder: `{snap.run_dir}`",
+    epochs = f"{len(snap.history)} epoch{'s' if len(snap.history) != 1 else ''}"
+    st.success(f"{what} {how} after {epochs}{early}. Run folder: `{snap.run_dir}`",
                icon=":material/check_circle:")
     cols = st.columns(5)
     cols[0].metric("Best epoch", m.get("best_epoch") or "–")
-    cols[1].metric("Validation accuracy", fmt_pct(m.get("val_acc")), help=HELP_VALIDATION)
+    cols[1].metric("Val accuracy", fmt_pct(m.get("val_acc")), help=HELP_VALIDATION)
     cols[2].metric("Test accuracy", fmt_pct(m.get("test_acc")), help=HELP_TEST)
     cols[3].metric("Training time", fmt_seconds(m.get("train_seconds")))
     ips = m.get("images_per_second")
-    cols[4].metric("Images / second", f"{ips:,.0f}" if ips else "–", help=HELP_IPS)
+    cols[4].metric("Images/s", f"{ips:,.0f}" if ips else "–", help=HELP_IPS)
     st.page_link("pages/evaluate.py", label="See its confusion matrix and mistakes on the Evaluate page",
                  icon=":material/grid_on:")
 

@@ -78,8 +78,7 @@ def no_jobs_left_running() -> None:
 
 def test_tiny_run_trains_to_completion_then_evaluates(cifar_env: Path) -> None:
     at = open_page("pages/train.py")
-    assert metric(at, "Preset") == "baseline"
-    assert metric(at, "Parameters") == "167,818"
+    assert "**baseline** · 167,818 parameters" in at.markdown[0].value
     assert "No runs yet" in " ".join(c.value for c in at.caption)
 
     start_run(at, images=200, epochs=2)
@@ -87,7 +86,7 @@ def test_tiny_run_trains_to_completion_then_evaluates(cifar_env: Path) -> None:
 
     assert "on 200 images finished after 2 epochs" in at.success[0].value
     assert metric(at, "Test accuracy").endswith("%")
-    assert metric(at, "Validation accuracy").endswith("%")
+    assert metric(at, "Val accuracy").endswith("%")
     curves = figures(at)
     loss = curves["train.curve.loss"]
     assert [trace["name"] for trace in loss["data"]] == ["train", "validation"]
