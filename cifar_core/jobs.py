@@ -4,6 +4,9 @@ The registry is module-level (``get_registry()``), not per browser session, so a
 keeps going when its page is left, its tab closed or its session ends; any session can
 list the jobs, and a session that remembers a job id finds it again, finished or not.
 
+Finished jobs keep their last snapshot (the newest 50), so a page that comes back
+after the end still shows the final curves and figures; the run folder holds the rest.
+
 Policies, and why:
 
 - **Limit: queue, don't refuse.** At most ``CIFAR_MAX_JOBS`` jobs (default 1) train at
@@ -141,7 +144,8 @@ class Job:
                  runs_root: Path, torch_threads: int) -> None:
         self.id = job_id
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
-        self.data, self.preset, self.subset = data, preset, subset_size
+        self.data: CifarData | None = data
+        self.preset, self.subset = preset, subset_size
         self.runs_root = runs_root
         self.torch_threads = torch_threads
         self.stop_event = threading.Event()
@@ -226,6 +230,9 @@ class Job:
                 self._status, self._phase, self._metrics = status, "done", metrics
                 self._error, self._ended = error, time.time()
                 self._eta_epoch = self._eta_run = None
+            # Finished jobs are kept for their snapshots; they must not pin a dataset
+            # the app has since reloaded (about 180 MB each).
+            self.data = None
             on_done(self)
 
     def _on_event(self, event: Event) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from cifar_core.data import load_cifar10
@@ -69,7 +70,9 @@ def start_run(at: AppTest, images: int, epochs: int) -> None:
 
 @pytest.fixture(autouse=True)
 def no_jobs_left_running() -> None:
+    threads = torch.get_num_threads()  # jobs change torch's process-wide thread count
     yield
+    torch.set_num_threads(threads)
     registry = get_registry()
     for snap in registry.active():
         registry.stop(snap.id)
