@@ -11,7 +11,7 @@ import os
 
 import streamlit as st
 
-from cifar_core.bundled import bundled_runs
+from cifar_core.bundled import MODELS_DIR, bundled_runs
 from cifar_core.data import CifarData, DataError, load_cifar10
 from cifar_core.model import CifarCNN, ModelConfig
 from cifar_core.presets import get_preset
@@ -67,6 +67,14 @@ def set_config(preset: str, model: ModelConfig, train: TrainConfig) -> None:
 def trained_runs() -> list[Run]:
     """Runs that have weights (newest first), then the bundled pretrained models."""
     return [run for run in list_runs() if (run.path / WEIGHTS_FILE).exists()] + bundled_runs()
+
+
+def run_label(run: Run) -> str:
+    """How a trained run is named in a select box: folder, preset, accuracy, status."""
+    accuracy = run.metrics.get("test_acc") or run.metrics.get("val_acc")
+    shown = f", {accuracy:.1%} accuracy" if isinstance(accuracy, float) else ""
+    bundled = " - bundled" if run.path.parent == MODELS_DIR else ""
+    return f"{run.name} ({run.config.get('preset') or 'custom'}{shown}, {run.status}{bundled})"
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model...")

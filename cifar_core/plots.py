@@ -29,10 +29,9 @@ def class_count_table(labels: dict[str, np.ndarray], classes: tuple[str, ...]) -
 def class_counts_figure(counts: pd.DataFrame) -> go.Figure:
     """Grouped bars: one group per class, one bar per split."""
     fig = px.bar(counts, x="class", y="images", color="split", barmode="group",
-                 title="Images per class", text_auto=True)
+                 title="Images per class")
     fig.update_layout(xaxis_title=None, yaxis_title="images", legend_title=None,
-                      margin={"t": 50, "b": 10})
-    fig.update_traces(textposition="outside", cliponaxis=False)
+                      margin={"t": 50, "b": 10}, height=380)
     return fig
 
 
