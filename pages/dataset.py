@@ -1,0 +1,278 @@
+"""Dataset page: where CIFAR-10 comes from, what is in it, and what the network is actually fed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+
+import app_state
+from cifar_core import plots
+from cifar_core.augment import AUGMENTATIONS, augment
+from cifar_core.data import (
+    ARCHIVE_NAME,
+    ARCHIVE_URL,
+    CifarData,
+    DataError,
+    candidate_dirs,
+    download_archive,
+    install_archive,
+    to_images,
+)
+from cifar_core.model import CIFAR_MEAN, CIFAR_STD
+
+SPLITS = {"train": "training", "val": "validation", "test": "test"}
+AUGMENTATION_NOTES = {
+    "none": "No augmentation: the network sees every training image exactly as stored, "
+            "epoch after epoch, which makes it easier to memorise them.",
+    "keras": "The presentation's recipe (Keras' ImageDataGenerator): every image is turned by up "
+             "to 20 degrees, shifted by up to 20% of its width and height, and mirrored half of the "
+             "time. Pixels pulled in from outside the picture repeat the nearest edge.",
+    "crop_flip": "The standard CIFAR recipe: pad the image by 4 pixels (mirroring its border), cut "
+                 "a random 32x32 window out of it, and mirror half of the images. Cheap, and it "
+                 "keeps the picture undistorted.",
+}
+
+
+# --- getting the data -------------------------------------------------------------
+
+def install_folder() -> Path:
+    """The folder the app reads from, where a downloaded or uploaded archive is installed."""
+    path = candidate_dirs(app_state.data_dir())[0]
+    return path.parent if path.is_file() else path
+
+
+def installed(message: str) -> None:
+    """Drop the cached (missing or old) dataset and start the page again with the new one."""
+    app_state.reload_data()
+    st.session_state["data.installed"] = message
+    st.rerun()
+
+
+def download_and_install(folder: Path) -> None:
+    bar = st.progress(0.0, text="Connecting...")
+
+    def progress(done: int, total: int) -> None:
+        share = min(done / total, 1.0) if total else 0.0
+        bar.progress(share, text=f"Downloaded {done / 2**20:.0f} of {total / 2**20:.0f} MB")
+
+    try:
+        archive = download_archive(folder, progress)
+        bar.progress(1.0, text="Checking every batch in the archive...")
+        install_archive(archive, folder)
+    except DataError as err:
+        bar.empty()
+        st.error(str(err))
+        return
+    installed(f"Downloaded and installed CIFAR-10 in {folder}.")
+
+
+def install_upload(raw: bytes, folder: Path) -> None:
+    try:
+        with st.spinner("Checking every batch in the archive..."):
+            install_archive(raw, folder)
+    except DataError as err:
+        st.error(f"That archive was not installed: {err}")
+        return
+    installed(f"Checked and installed the uploaded archive in {folder}.")
+
+
+def get_data_panel() -> None:
+    folder = install_folder()
+    st.markdown(
+        f"The app reads CIFAR-10 from **`{folder}`** (the `CIFAR10_DIR` environment variable, "
+        f"or `./data` when it is not set). It needs the *python version* of the dataset: "
+        f"[{ARCHIVE_NAME}]({ARCHIVE_URL}), 163 MB, or the `cifar-10-batches-py/` folder inside it. "
+        "Either way every batch is checked before it is used, and a bad archive never replaces "
+        "data that is already there.")
+    left, right = st.columns(2, gap="large")
+    with left:
+        st.markdown("**Download it from the University of Toronto**")
+        if st.button("Download CIFAR-10 (163 MB)", icon=":material/download:", key="data.download"):
+            download_and_install(folder)
+    with right:
+        upload = st.file_uploader(f"Or upload {ARCHIVE_NAME}", type=["gz", "tgz"], key="data.upload")
+        if upload is not None and st.button("Check and install", icon=":material/inventory:",
+                                            key="data.install"):
+            install_upload(upload.getvalue(), folder)
+
+
+# --- what is in it --------------------------------------------------------------------
+
+def overview(data: CifarData) -> None:
+    cols = st.columns(5)
+    cols[0].metric("Classes", len(data.classes))
+    cols[1].metric("Training images", f"{len(data.y_train):,}")
+    cols[2].metric("Validation images", f"{len(data.y_val):,}")
+    cols[3].metric("Test images", f"{len(data.y_test):,}")
+    cols[4].metric("Image size", "32 × 32 × 3")
+    st.markdown("**The 10 classes:** " + " · ".join(data.classes))
+    st.caption(
+        "Each image is 32 × 32 pixels with 3 colour channels (red, green, blue), each a whole "
+        "number from 0 to 255. The 50,000 training images are split 80/20 into training and "
+        "validation with scikit-learn's `train_test_split(random_state=42)`, as in the "
+        "presentation; the 10,000 test images are kept apart until the very end.")
+
+
+def class_counts_section(data: CifarData) -> None:
+    labels = {split: data.split(split)[1] for split in SPLITS}
+    counts = plots.class_count_table(labels, data.classes)
+    st.plotly_chart(plots.class_counts_figure(counts), key="data.class_counts")
+    st.caption(
+        "The test set has exactly 1,000 images per class. The training/validation split is "
+        "random rather than per class, so those counts wobble a little around 4,000 and 1,000; "
+        "the classes are still balanced, so accuracy is a fair summary.")
+
+
+def pick_per_class(labels: np.ndarray, per_class: int, seed: int) -> list[np.ndarray]:
+    """For every class, ``per_class`` random indices of its images (fewer if it has fewer)."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    for c in range(int(labels.max()) + 1 if labels.size else 0):
+        index = np.flatnonzero(labels == c)
+        picks.append(rng.choice(index, size=min(per_class, len(index)), replace=False))
+    return picks
+
+
+@st.fragment
+def image_grid_section(data: CifarData) -> None:
+    left, middle, right = st.columns([2, 3, 1], vertical_alignment="bottom")
+    split = left.selectbox("Split", list(SPLITS), format_func=SPLITS.get, key="data.grid_split")
+    per_class = middle.slider("Images per class", 4, 16, 10, key="data.grid_n")
+    if right.button("Reshuffle", icon=":material/shuffle:", key="data.reshuffle"):
+        st.session_state["data.grid_seed"] = st.session_state.get("data.grid_seed", 0) + 1
+    seed = st.session_state.setdefault("data.grid_seed", 0)
+    images, labels = data.split(split)
+    for name, index in zip(data.classes, pick_per_class(labels, per_class, seed), strict=False):
+        label, row = st.columns([1, 9], vertical_alignment="center")
+        label.markdown(f"**{name}**")
+        if len(index):
+            row.image(plots.image_row(images[index], scale=3))
+    st.caption("Enlarged by repeating pixels rather than smoothing them, so you see what the "
+               "network sees: 32 × 32 pixels.")
+
+
+@st.cache_data(show_spinner="Counting pixel values...", max_entries=6)
+def pixel_histograms(source: str, split: str, n_images: int, _images: np.ndarray) -> np.ndarray:
+    # The arrays are not hashed (too big); the source, split and size identify them.
+    return plots.pixel_histograms(_images)
+
+
+def pixel_statistics_section(data: CifarData) -> None:
+    split = st.columns(3)[0].selectbox("Split", list(SPLITS), format_func=SPLITS.get,
+                                       key="data.stats_split")
+    images, _ = data.split(split)
+    histograms = pixel_histograms(str(data.source), split, len(images), images)
+    stats = plots.channel_stats_table(histograms)
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        st.dataframe(stats, hide_index=True, key="data.channel_stats", column_config={
+            col: st.column_config.NumberColumn(format="%.4f") for col in stats.columns[1:]})
+        st.caption(
+            f"Computed exactly over all {len(images):,} {SPLITS[split]} images "
+            f"({len(images) * 1024:,} pixels per channel), on a 0 to 1 scale. Blue is darker "
+            "on average and every channel spreads widely. With *standardize input* on (Model "
+            "page), the network subtracts each channel's mean and divides by its standard "
+            "deviation (fixed values measured on the training images: mean "
+            f"{', '.join(f'{v:.4f}' for v in CIFAR_MEAN)}, std {', '.join(f'{v:.4f}' for v in CIFAR_STD)}), "
+            "so all three inputs arrive centred on 0 with a spread of about 1.")
+    with right:
+        st.plotly_chart(plots.channel_histogram_figure(histograms), key="data.histograms")
+
+
+def augmented_copies(images: np.ndarray, kind: str, copies: int, seed: int) -> np.ndarray:
+    """``copies`` independently augmented versions of each uint8 image: (N, copies, 32, 32, 3)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
+    out = augment(x.repeat_interleave(copies, 0), kind, torch.Generator().manual_seed(seed))
+    out = (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out.reshape(len(images), copies, *images.shape[1:])
+
+
+@st.fragment
+def augmentation_section(data: CifarData) -> None:
+    current = app_state.get_config()[2].augmentation
+    left, right = st.columns([5, 1], vertical_alignment="bottom")
+    kind = left.radio(
+        "Augmentation", AUGMENTATIONS, index=AUGMENTATIONS.index(current), horizontal=True,
+        key="data.aug_kind",
+        format_func=lambda k: f"{k} (your configuration)" if k == current else k,
+        help="Set the augmentation used for training on the Model page; here you can compare.")
+    if right.button("Re-roll", icon=":material/casino:", key="data.reroll"):
+        st.session_state["data.aug_seed"] = st.session_state.get("data.aug_seed", 0) + 1
+    seed = st.session_state.setdefault("data.aug_seed", 0)
+    st.markdown(AUGMENTATION_NOTES[kind])
+    rng = np.random.default_rng(1000 + seed)
+    images = data.x_train[rng.choice(len(data.x_train), size=min(5, len(data.x_train)), replace=False)]
+    versions = augmented_copies(images, kind, copies=6, seed=seed)
+    head_original, head_augmented = st.columns([1, 6])
+    head_original.caption("original")
+    head_augmented.caption("six random versions the network could be shown instead")
+    for image, copies in zip(images, versions, strict=True):
+        original, augmented = st.columns([1, 6])
+        original.image(plots.upscale(image, 3))
+        augmented.image(plots.image_row(copies, scale=3, gap=6))
+    st.caption(
+        "Augmentation is applied afresh every time an image is drawn for training, so over "
+        "many epochs the network never sees quite the same picture twice. It learns that a "
+        "cat is still a cat when mirrored or shifted, instead of memorising pixels. "
+        "Validation and test images are never augmented.")
+
+
+def channel_order_section(data: CifarData) -> None:
+    st.markdown(
+        "Every image is stored as one row of 3,072 numbers: first all 1,024 red values (row by "
+        "row), then all 1,024 green values, then all 1,024 blue. The presentation turned the "
+        "rows into pictures with `reshape(-1, 32, 32, 3)`, which takes three *neighbouring red "
+        "values* as one pixel's red, green and blue. The right way is "
+        "`reshape(-1, 3, 32, 32)` (three planes) followed by moving the colour axis last.")
+    st.code("images = rows.reshape(-1, 32, 32, 3)                         # the presentation: scrambled\n"
+            "images = rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)   # correct", language="python")
+    rng = np.random.default_rng(7)
+    pick = rng.choice(len(data.x_train), size=min(8, len(data.x_train)), replace=False)
+    correct = data.x_train[pick]
+    rows = correct.transpose(0, 3, 1, 2).reshape(len(pick), 3072)
+    scrambled = to_images(rows, "as_presented")
+    st.markdown("**Read correctly**")
+    st.image(plots.image_row(correct, scale=4, gap=6))
+    st.markdown("**Read as in the presentation**: the same rows, the same numbers")
+    st.image(plots.image_row(scrambled, scale=4, gap=6))
+    st.caption(
+        "In the scrambled version the top third holds only red values, the middle third green "
+        "and the bottom third blue, each squeezed into three small copies side by side: a "
+        "3 × 3 grid of tiny, falsely coloured pictures. The scrambling is the same for every "
+        "image, so a network can still learn something from it (the presentation reached "
+        "49% validation accuracy), but nearby pixels are no longer neighbours, which is "
+        "exactly what convolutions rely on. Reading the images correctly lifts the same "
+        "network to about 68%.")
+
+
+# --- the page -------------------------------------------------------------------------
+
+st.title("Dataset")
+st.caption("CIFAR-10: 60,000 small colour photos in 10 classes, collected by Alex Krizhevsky, "
+           "Vinod Nair and Geoffrey Hinton.")
+
+if message := st.session_state.pop("data.installed", None):
+    st.success(message)
+
+data, error = app_state.load_data()
+if data is None:
+    st.warning(f"No usable CIFAR-10 yet. {error}")
+    get_data_panel()
+else:
+    with st.expander(f"Data source: `{data.source}`", icon=":material/folder:"):
+        get_data_panel()
+    overview(data)
+    tabs = st.tabs(["Classes", "Images", "Pixel statistics", "Augmentation", "Channel-order mistake"])
+    with tabs[0]:
+        class_counts_section(data)
+    with tabs[1]:
+        image_grid_section(data)
+    with tabs[2]:
+        pixel_statistics_section(data)
+    with tabs[3]:
+        augmentation_section(data)
+    with tabs[4]:
+        channel_order_section(data)
