@@ -1,0 +1,434 @@
+"""Model page: pick a preset, change any hyperparameter, and see the network it describes.
+
+The configuration itself lives in ``app_state`` (per session, shared with the Train page);
+the widgets here are a view of it. Widget keys start with ``m.``. Streamlit forgets the
+state of widgets that were not drawn, so every visit seeds missing keys from the saved
+configuration, and every valid change is saved back at once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import app_state
+from cifar_core import plots
+from cifar_core.model import (
+    ConfigError,
+    ModelConfig,
+    build_model,
+    count_parameters,
+    layer_table,
+    summary,
+    training_flops,
+)
+from cifar_core.presets import PRESETS
+from cifar_core.runs import WEIGHTS_FILE, RunError, load_weights
+from cifar_core.training import TrainConfig, resolve_device
+
+K = "m."  # prefix of this page's widget keys
+MODEL_SCALARS = ("convs_per_block", "kernel_size", "padding", "batch_norm", "activation",
+                 "pooling", "head", "init", "standardize_input")
+TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
+BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+HELP = {
+    "preset": "A named starting point. Every setting below starts from it and can then be changed; "
+              "'Reset' brings the preset's values back.",
+    "blocks": "How many convolution blocks are stacked. Each block ends by halving the width and "
+              "height of its feature maps, so later blocks look at larger parts of the picture and "
+              "can combine simple patterns (edges, patches of colour) into complex ones (wheels, "
+              "eyes, wings).",
+    "filters": "How many different patterns this block learns to detect. A filter is a small grid "
+               "of weights slid across the image; each produces one feature map showing where its "
+               "pattern occurs. More filters: more patterns, more parameters, more computation.",
+    "conv_dropout": "The share of this block's outputs that are switched off at random on every "
+                    "training step (never when predicting). The network cannot lean on any single "
+                    "feature, which reduces overfitting. 0 means no dropout layer.",
+    "convs_per_block": "How many convolutions follow each other before the block shrinks the image. "
+                       "Two 3x3 convolutions in a row see a 5x5 area, with fewer weights than one 5x5.",
+    "kernel_size": "Width and height of every filter. 3 means each output value looks at a 3x3 "
+                   "patch of its input. Larger kernels see more at once but cost many more weights.",
+    "padding": "valid: a filter only visits positions where it fits completely, so each convolution "
+               "trims kernel-1 pixels (32 becomes 30 with 3x3). same: a border of zeros is added "
+               "so the size does not change.",
+    "batch_norm": "Batch normalisation, between each convolution and its activation: the outputs of "
+                  "every filter are rescaled over the current batch to an average of 0 and a spread "
+                  "of 1, then given a learned scale and shift. Each layer then receives inputs on "
+                  "a steady scale, which makes training faster and less fussy about the learning "
+                  "rate. When predicting it uses averages collected during training.",
+    "activation": "The function applied to every convolution and dense output. Without one, any "
+                  "stack of layers would collapse into a single linear step. relu keeps positive "
+                  "values and turns negatives into 0: cheap, and its slope does not fade for "
+                  "large inputs. gelu is a smooth relu. tanh and sigmoid squash values into "
+                  "(-1, 1) or (0, 1); their slope becomes tiny for large inputs (vanishing "
+                  "gradients), so deep stacks of them learn slowly.",
+    "pooling": "How each block halves its feature maps. max keeps the strongest response in "
+               "every 2x2 square (was the pattern anywhere here?); avg keeps their average.",
+    "head": "How the last feature maps become one list of numbers for the dense layers. flatten "
+            "lays out every value (it keeps where things are, and the next layer needs many "
+            "weights). global max / global avg keep one number per filter: its strongest or "
+            "average response anywhere in the image, with far fewer weights.",
+    "dense_layers": "Fully connected (dense) layers between the features and the output: every "
+                    "unit is connected to every input. They weigh up the detected features as "
+                    "evidence for each class. The output layer, 10 units with softmax, is always there.",
+    "units": "How many units (neurons) this dense layer has.",
+    "dense_dropout": "The share of this layer's units switched off at random on every training "
+                     "step. 0 means no dropout layer.",
+    "init": "How the weights are set before training starts. keras: Glorot-uniform weights and zero "
+            "biases, as in the presentation's Keras code. torch: PyTorch's own default. Both "
+            "choose random values scaled so signals neither blow up nor fade away layer by layer.",
+    "standardize_input": "Before the first layer, subtract each colour channel's average and divide "
+                         "by its spread (see Pixel statistics on the Dataset page), so every input "
+                         "is centred on 0. Without it pixels are only scaled to 0..1, as in the "
+                         "presentation.",
+    "optimizer": "The rule that updates the weights after each batch, using the gradient: the "
+                 "direction in which each weight would increase the loss. sgd takes a step against "
+                 "the gradient (with momentum). adam keeps running averages of each weight's "
+                 "gradient and of its size and gives every weight its own step size; it works "
+                 "well with little tuning.",
+    "lr": "Learning rate: the size of each update step. Too large and the loss jumps around or "
+          "explodes; too small and training crawls. Typical: 0.001 for adam, 0.01 to 0.2 for sgd "
+          "with momentum.",
+    "momentum": "sgd only. Each step keeps this fraction of the previous one, like a ball rolling "
+                "downhill: noisy gradients are smoothed and steady directions speed up. Nesterov "
+                "momentum is used.",
+    "weight_decay": "Pulls every weight a little towards zero at every step. Smaller weights give a "
+                    "smoother, simpler function, which helps against overfitting. 0 turns it off; "
+                    "0.0005 is common with sgd.",
+    "adam_eps": "adam only. A tiny number added when adam divides by the gradient's size, so it "
+                "never divides by zero. Keras uses 1e-7, PyTorch 1e-8; it rarely matters.",
+    "batch_size": "How many images are looked at together before each weight update. Larger "
+                  "batches give a steadier gradient and use the hardware better, but make fewer "
+                  "updates per epoch; the learning rate usually has to grow with them.",
+    "epochs": "One epoch is one pass over all training images. More epochs give the network more "
+              "chances to learn, until it starts memorising the training images (overfitting).",
+    "lr_schedule": "How the learning rate changes during training. constant: the same throughout. "
+                   "onecycle: climbs over the first quarter of training, then falls to almost "
+                   "zero; fast and stable for short runs. cosine: starts at the full rate and "
+                   "eases down to zero.",
+    "label_smoothing": "Train towards slightly unsure answers instead of 100% for the right class "
+                       "and 0% for the rest: with 0.1 the target is 91% for the right class and "
+                       "1% for each other. It discourages over-confident predictions.",
+    "augmentation": "Random changes made to each training image every time it is used, so the "
+                    "network learns the object rather than the exact pixels. The Dataset page "
+                    "shows examples.",
+    "early_stopping": "After every epoch, check the validation set and stop once it has not "
+                      "improved for 'patience' epochs. It saves time and stops before the network "
+                      "memorises the training images. (The presentation's code asked for this but "
+                      "gave fit no validation data, so it never stopped early.)",
+    "monitor": "What counts as an improvement: lower validation loss or higher validation accuracy.",
+    "patience": "How many epochs in a row without improvement are tolerated before stopping.",
+    "restore_best": "At the end, go back to the weights of the best epoch (by the monitored value) "
+                    "instead of keeping those of the last one.",
+    "tta_flip": "Test-time augmentation: when predicting, also show the network the mirrored image "
+                "and average both answers. Prediction takes twice as long; accuracy usually rises "
+                "a little.",
+    "precision": "fp32: ordinary 32-bit numbers. bf16: 16-bit 'brain floats' for most of the "
+                 "arithmetic, much faster on hardware built for it, with a loss of precision "
+                 "that training tolerates well. auto: bf16 only where the processor or GPU "
+                 "supports it natively.",
+    "seed": "The starting point of every random choice: initial weights, the order of the images, "
+            "augmentation and dropout. The same seed and settings give the same run on the CPU.",
+    "device": "Where the arithmetic runs. auto picks an NVIDIA GPU (cuda), then an Apple GPU (mps), "
+              "then the CPU.",
+}
+
+
+# --- configuration <-> widgets ------------------------------------------------------
+
+def widget_values(model: ModelConfig, train: TrainConfig) -> dict[str, object]:
+    """Every widget's value for a configuration, keyed by widget key."""
+    values: dict[str, object] = {"blocks": len(model.conv_filters),
+                                 "dense_layers": len(model.dense_units)}
+    for i, (filters, rate) in enumerate(zip(model.conv_filters, model.conv_dropout, strict=True)):
+        values[f"filters{i}"], values[f"conv_dropout{i}"] = filters, float(rate)
+    for i, (units, rate) in enumerate(zip(model.dense_units, model.dense_dropout, strict=True)):
+        values[f"units{i}"], values[f"dense_dropout{i}"] = units, float(rate)
+    values.update({name: getattr(model, name) for name in MODEL_SCALARS})
+    values.update(train.to_dict())
+    return {K + name: value for name, value in values.items()}
+
+
+def seed_widgets(model: ModelConfig, train: TrainConfig) -> None:
+    """Give widgets that Streamlit has forgotten (after a visit to another page) their saved value."""
+    for key, value in widget_values(model, train).items():
+        st.session_state.setdefault(key, value)
+
+
+def apply_preset() -> None:
+    """Callback: load the chosen preset into every widget and into the saved configuration."""
+    preset = PRESETS[st.session_state[K + "preset"]]
+    for key in [k for k in st.session_state if k.startswith(K) and k != K + "preset"]:
+        del st.session_state[key]
+    st.session_state.update(widget_values(preset.model, preset.train))
+    app_state.set_config(preset.name, preset.model, preset.train)
+
+
+def configs_from_widgets() -> tuple[ModelConfig, TrainConfig]:
+    """Build both configurations from the widgets; raises ConfigError for invalid combinations."""
+    s = st.session_state
+    blocks, dense = s[K + "blocks"], s[K + "dense_layers"]
+    try:
+        model = ModelConfig(
+            conv_filters=tuple(s[f"{K}filters{i}"] for i in range(blocks)),
+            conv_dropout=tuple(s[f"{K}conv_dropout{i}"] for i in range(blocks)),
+            dense_units=tuple(s[f"{K}units{i}"] for i in range(dense)),
+            dense_dropout=tuple(s[f"{K}dense_dropout{i}"] for i in range(dense)),
+            **{name: s[K + name] for name in MODEL_SCALARS})
+        train = TrainConfig(**{name: s[K + name] for name in TRAIN_FIELDS})
+    except (TypeError, ValueError) as err:  # ConfigError is a ValueError
+        raise ConfigError(str(err)) from None
+    return model, train
+
+
+def changes_from_preset(preset: str, model: ModelConfig, train: TrainConfig) -> list[str]:
+    """'name: preset value -> current value' for every setting that differs from the preset."""
+    base = PRESETS[preset]
+    old = {**base.model.to_dict(), **base.train.to_dict()}
+    new = {**model.to_dict(), **train.to_dict()}
+    return [f"{key}: {old[key]} → {new[key]}" for key in new if new[key] != old.get(key)]
+
+
+# --- widgets ----------------------------------------------------------------------------
+
+def network_settings() -> None:
+    st.markdown("##### Convolution blocks")
+    st.slider("Blocks", 1, 6, key=K + "blocks", help=HELP["blocks"])
+    for i in range(st.session_state[K + "blocks"]):
+        # A block added by the slider starts with twice the filters of the one before it.
+        previous = st.session_state.get(f"{K}filters{i - 1}", 16)
+        st.session_state.setdefault(f"{K}filters{i}", min(1024, 2 * previous))
+        st.session_state.setdefault(f"{K}conv_dropout{i}", 0.0)
+        left, right = st.columns(2)
+        left.number_input(f"Block {i + 1}: filters", 1, 1024, step=16, key=f"{K}filters{i}",
+                          help=HELP["filters"])
+        right.slider(f"Block {i + 1}: dropout", 0.0, 0.9, step=0.05, key=f"{K}conv_dropout{i}",
+                     help=HELP["conv_dropout"])
+    left, right = st.columns(2)
+    left.slider("Convolutions per block", 1, 4, key=K + "convs_per_block", help=HELP["convs_per_block"])
+    right.select_slider("Kernel size", (1, 3, 5, 7), key=K + "kernel_size", help=HELP["kernel_size"],
+                        format_func=lambda k: f"{k}×{k}")
+    left, right = st.columns(2)
+    left.radio("Padding", ("valid", "same"), horizontal=True, key=K + "padding", help=HELP["padding"])
+    right.radio("Pooling", ("max", "avg"), horizontal=True, key=K + "pooling", help=HELP["pooling"])
+    left, right = st.columns(2)
+    left.selectbox("Activation", ("relu", "gelu", "tanh", "sigmoid"), key=K + "activation",
+                   help=HELP["activation"])
+    right.toggle("Batch normalisation", key=K + "batch_norm", help=HELP["batch_norm"])
+
+    st.markdown("##### Classifier head")
+    st.radio("From feature maps to a vector", ("flatten", "global_max", "global_avg"),
+             horizontal=True, key=K + "head", help=HELP["head"],
+             format_func={"flatten": "flatten", "global_max": "global max pool",
+                          "global_avg": "global average pool"}.get)
+    st.slider("Dense layers (before the 10-way output)", 0, 4, key=K + "dense_layers",
+              help=HELP["dense_layers"])
+    for i in range(st.session_state[K + "dense_layers"]):
+        st.session_state.setdefault(f"{K}units{i}", 128)
+        st.session_state.setdefault(f"{K}dense_dropout{i}", 0.0)
+        left, right = st.columns(2)
+        left.number_input(f"Dense {i + 1}: units", 1, 4096, step=16, key=f"{K}units{i}",
+                          help=HELP["units"])
+        right.slider(f"Dense {i + 1}: dropout", 0.0, 0.9, step=0.05, key=f"{K}dense_dropout{i}",
+                     help=HELP["dense_dropout"])
+    st.caption("The output layer always has 10 units, one per class; softmax turns their scores "
+               "into probabilities that add up to 1. The loss is categorical cross-entropy: "
+               "minus the log of the probability given to the right class.")
+
+    st.markdown("##### Input and starting weights")
+    left, right = st.columns(2)
+    left.toggle("Standardize input", key=K + "standardize_input", help=HELP["standardize_input"])
+    right.radio("Initialisation", ("keras", "torch"), horizontal=True, key=K + "init", help=HELP["init"])
+
+
+def device_label(name: str) -> str:
+    if name == "auto":
+        return f"auto ({resolve_device('auto').type} here)"
+    try:
+        resolve_device(name)
+    except ConfigError:
+        return f"{name} (not available here)"
+    return name
+
+
+def training_settings() -> None:
+    s = st.session_state
+    st.markdown("##### Optimizer")
+    left, right = st.columns(2)
+    left.radio("Optimizer", ("adam", "sgd"), horizontal=True, key=K + "optimizer", help=HELP["optimizer"])
+    right.number_input("Learning rate", 1e-5, 10.0, step=1e-4, format="%g", key=K + "lr", help=HELP["lr"])
+    left, right = st.columns(2)
+    left.slider("Momentum", 0.0, 0.99, step=0.01, key=K + "momentum", help=HELP["momentum"],
+                disabled=s[K + "optimizer"] != "sgd")
+    right.number_input("Adam epsilon", 1e-10, 1e-3, step=1e-8, format="%.0e", key=K + "adam_eps",
+                       help=HELP["adam_eps"], disabled=s[K + "optimizer"] != "adam")
+    left, right = st.columns(2)
+    left.number_input("Weight decay", 0.0, 0.1, step=1e-4, format="%g", key=K + "weight_decay",
+                      help=HELP["weight_decay"])
+    right.radio("Learning-rate schedule", ("constant", "onecycle", "cosine"), horizontal=True,
+                key=K + "lr_schedule", help=HELP["lr_schedule"])
+
+    st.markdown("##### Batches and epochs")
+    left, right = st.columns(2)
+    sizes = sorted({*BATCH_SIZES, s[K + "batch_size"]})
+    left.select_slider("Batch size", sizes, key=K + "batch_size", help=HELP["batch_size"])
+    right.number_input("Epochs (at most)", 1, 500, key=K + "epochs", help=HELP["epochs"])
+
+    st.markdown("##### Fighting overfitting")
+    left, right = st.columns(2)
+    left.radio("Augmentation", ("none", "keras", "crop_flip"), horizontal=True, key=K + "augmentation",
+               help=HELP["augmentation"])
+    right.slider("Label smoothing", 0.0, 0.5, step=0.05, key=K + "label_smoothing",
+                 help=HELP["label_smoothing"])
+    left, right = st.columns(2)
+    left.toggle("Early stopping", key=K + "early_stopping", help=HELP["early_stopping"])
+    right.toggle("Restore best weights", key=K + "restore_best", help=HELP["restore_best"])
+    left, right = st.columns(2)
+    left.radio("Monitor", ("val_loss", "val_acc"), horizontal=True, key=K + "monitor",
+               help=HELP["monitor"], format_func={"val_loss": "validation loss",
+                                                  "val_acc": "validation accuracy"}.get,
+               disabled=not s[K + "early_stopping"] and not s[K + "restore_best"])
+    right.number_input("Patience (epochs)", 1, 100, key=K + "patience", help=HELP["patience"],
+                       disabled=not s[K + "early_stopping"])
+
+    st.markdown("##### Prediction, hardware and reproducibility")
+    left, right = st.columns(2)
+    left.toggle("Test-time flip", key=K + "tta_flip", help=HELP["tta_flip"])
+    right.radio("Precision", ("auto", "fp32", "bf16"), horizontal=True, key=K + "precision",
+                help=HELP["precision"])
+    left, right = st.columns(2)
+    left.selectbox("Device", ("auto", "cpu", "cuda", "mps"), key=K + "device", help=HELP["device"],
+                   format_func=device_label)
+    right.number_input("Seed", 0, 2**31 - 1, key=K + "seed", help=HELP["seed"])
+
+
+# --- the network it describes -----------------------------------------------------
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def describe_network(model_json: str) -> tuple[pd.DataFrame, int, str, str]:
+    """(layer table, parameter count, Keras-style summary, DOT diagram) for a model config."""
+    model = build_model(ModelConfig.from_dict(json.loads(model_json)))
+    rows = layer_table(model)
+    table = pd.DataFrame({
+        "layer": [r.name for r in rows],
+        "type": [r.kind for r in rows],
+        "output shape": [" × ".join(str(v) for v in r.output_shape) for r in rows],
+        "params": [r.params for r in rows]})
+    return table, count_parameters(model), summary(model), plots.network_dot(rows)
+
+
+def network_view(preset: str, model: ModelConfig) -> None:
+    table, total, text, dot = describe_network(json.dumps(model.to_dict()))
+    preset_total = describe_network(json.dumps(PRESETS[preset].model.to_dict()))[1]
+    cols = st.columns(3)
+    cols[0].metric("Total params", f"{total:,}",
+                   delta=f"{total - preset_total:+,} vs preset" if total != preset_total else None,
+                   delta_color="off",
+                   help="Every weight and bias the optimizer adjusts. Batch norm also keeps running "
+                        "averages, which are not parameters.")
+    cols[1].metric("Size as float32", f"{total * 4 / 2**20:.2f} MB")
+    cols[2].metric("MFLOPs per image", f"{training_flops(model) / 1e6:,.0f}",
+                   help="Approximately how many million arithmetic operations (FLOPs) it takes "
+                        "to train on one image once: forward pass, backward pass and update.")
+    tab_table, tab_diagram, tab_summary = st.tabs(["Layer table", "Diagram", "Keras-style summary"])
+    with tab_table:
+        # Tall enough for every row: a scrolling layer table hides the end of the network.
+        st.dataframe(table, hide_index=True, key="m.layer_table", height=35 * (len(table) + 1) + 3,
+                     column_config={
+            "params": st.column_config.NumberColumn(format="localized")})
+        st.caption("Output shapes are height × width × channels for one image, measured by "
+                   "running a blank image through the real network.")
+    with tab_diagram:
+        st.graphviz_chart(dot)
+    with tab_summary:
+        st.code(text, language=None)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def first_layer_filters(weights_path: str, mtime: float) -> np.ndarray:
+    """The first convolution's weights (F, 3, k, k) of a saved run."""
+    state = load_weights(Path(weights_path))
+    convs = [name for name, tensor in state.items() if tensor.ndim == 4]
+    return state[convs[0]].float().numpy()
+
+
+def filters_view() -> None:
+    runs = app_state.trained_runs()
+    if not runs:
+        st.info("No trained model yet. Train one on the **Train** page, then come back to see "
+                "what its first layer learned.")
+        return
+    by_path = {str(run.path): run for run in runs}
+    run = by_path[st.selectbox("Trained run", list(by_path), key="m.filters_run",
+                               format_func=lambda path: app_state.run_label(by_path[path]))]
+    path = run.path / WEIGHTS_FILE
+    try:
+        weights = first_layer_filters(str(path), path.stat().st_mtime)
+    except (RunError, OSError, IndexError) as err:
+        st.error(f"Could not read the filters of {run.name}: {err}")
+        return
+    images = plots.filter_images(weights)
+    scale = max(4, 48 // weights.shape[-1])
+    for start in range(0, len(images), 16):
+        st.image(plots.image_row(images[start:start + 16], scale=scale, gap=4))
+    st.caption(
+        f"The {len(images)} filters of the first convolution, {weights.shape[-1]}×{weights.shape[-1]} "
+        "weights for each colour, enlarged. Mid-grey means a weight of 0; a colour means the "
+        "filter responds to that colour there, its opposite that it responds to its absence. "
+        "After training many look like edge detectors (a light stripe next to a dark one) or "
+        "colour-blob detectors; before training they are noise.")
+
+
+# --- the page ----------------------------------------------------------------------------
+
+st.title("Model")
+saved_preset, saved_model, saved_train = app_state.get_config()
+st.session_state.setdefault(K + "preset", saved_preset if saved_preset in PRESETS else "baseline")
+seed_widgets(saved_model, saved_train)
+
+top_left, top_right = st.columns([2, 3], vertical_alignment="bottom")
+preset_name = top_left.selectbox("Preset", list(PRESETS), key=K + "preset", on_change=apply_preset,
+                                 format_func=lambda name: f"{name}: {PRESETS[name].title}",
+                                 help=HELP["preset"])
+top_right.button("Reset to preset", icon=":material/restart_alt:", on_click=apply_preset,
+                 key="m.reset")
+st.markdown(PRESETS[preset_name].description)
+
+settings, view = st.columns([5, 6], gap="large")
+with settings:
+    tab_network, tab_training = st.tabs(["Network", "Training"])
+    with tab_network:
+        network_settings()
+    with tab_training:
+        training_settings()
+
+try:
+    model_cfg, train_cfg = configs_from_widgets()
+except ConfigError as err:
+    model_cfg = train_cfg = None
+    with view:
+        st.error(f"This combination does not work: {err}. The last valid configuration is kept "
+                 "for training until you fix it.", icon=":material/error:")
+if model_cfg is not None and train_cfg is not None:
+    app_state.set_config(preset_name, model_cfg, train_cfg)
+    with view:
+        changes = changes_from_preset(preset_name, model_cfg, train_cfg)
+        if changes:
+            st.caption("Changed from the preset: " + "; ".join(changes))
+        else:
+            st.caption(f"Exactly the **{preset_name}** preset.")
+        if train_cfg.device != "auto":
+            try:
+                resolve_device(train_cfg.device)
+            except ConfigError as err:
+                st.warning(f"{err}; training would fail. Choose auto or cpu.")
+        network_view(preset_name, model_cfg)
+
+with st.expander("What a trained network learned: first-layer filters", icon=":material/filter:"):
+    filters_view()
