@@ -1,0 +1,245 @@
+"""The Dataset, Model and Predict pages, driven through the app's entrypoint with streamlit's AppTest."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from conftest import CLASSES, make_archive, write_cifar
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from cifar_core.data import load_cifar10
+from cifar_core.inference import predict_files
+from cifar_core.model import ModelConfig, build_model, count_parameters
+from cifar_core.pipeline import train_run
+from cifar_core.presets import PRESETS
+from cifar_core.runs import load_run
+from cifar_core.training import TrainConfig
+
+APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert_ok(at)
+    return at
+
+
+def assert_ok(at: AppTest) -> None:
+    assert not at.exception, [e.message for e in at.exception]
+
+
+def figures(at: AppTest) -> dict[str, dict]:
+    """The plotly charts on the page, by their key, as figure dicts."""
+    return {chart.key: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def png_bytes(colour: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture()
+def no_bundled_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Pages see only the runs a test makes, whatever models/ holds."""
+    monkeypatch.setattr("cifar_core.bundled.MODELS_DIR", tmp_path / "no-bundled-models")
+
+
+@pytest.fixture(scope="module")
+def trained_runs_dir(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A runs folder holding one tiny finished run (one epoch of the baseline on the tiny data)."""
+    root = tmp_path_factory.mktemp("runs")
+    data = load_cifar10(cifar_root, download=False)
+    train_run(ModelConfig(), TrainConfig(epochs=1, augmentation="none", early_stopping=False,
+                                         precision="fp32", device="cpu"),
+              data, root / "tiny-baseline", preset="baseline")
+    return root
+
+
+# --- Dataset -----------------------------------------------------------------------------
+
+def test_dataset_page_shows_the_classes_counts_and_images(cifar_env: Path) -> None:
+    at = open_page()
+    assert metric(at, "Classes") == "10"
+    assert metric(at, "Training images") == "400"
+    assert metric(at, "Test images") == "100"
+    assert all(name in texts(at) for name in CLASSES)
+
+    counts = figures(at)["data.class_counts"]
+    assert counts["layout"]["title"]["text"] == "Images per class"
+    assert [trace["name"] for trace in counts["data"]] == ["train", "validation", "test"]
+    assert all(list(trace["x"]) == CLASSES for trace in counts["data"])
+    assert "data.histograms" in figures(at)
+    # One row of pictures per class, the channel-order comparison and the augmentation preview.
+    assert len(at.image) >= 10 + 2 + 5
+
+    stats = at.dataframe[0].value
+    assert list(stats["channel"]) == ["red", "green", "blue"]
+    assert ((stats["mean"] > 0) & (stats["mean"] < 1)).all()
+
+
+def test_dataset_page_reshuffles_and_rerolls(cifar_env: Path) -> None:
+    at = open_page()
+    before = [image.value[0] for image in at.image]
+    at.button(key="data.reshuffle").click().run()
+    assert_ok(at)
+    after = [image.value[0] for image in at.image]
+    assert at.session_state["data.grid_seed"] == 1
+    assert after[:10] != before[:10]  # new pictures in the class grid...
+    assert after[10:] == before[10:]  # ...and nothing else changed
+    at.button(key="data.reroll").click().run()
+    assert_ok(at)
+    rerolled = [image.value[0] for image in at.image]
+    assert at.session_state["data.aug_seed"] == 1
+    assert rerolled[:10] == after[:10] and rerolled[10:20] != after[10:20]
+    at.radio(key="data.aug_kind").set_value("crop_flip").run()
+    assert_ok(at)
+    assert "pad the image by 4 pixels" in texts(at)
+    assert len(at.image) == len(before)
+
+
+def test_dataset_page_installs_an_uploaded_archive(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "data"
+    monkeypatch.setenv("CIFAR10_DIR", str(target))
+    archive = make_archive(write_cifar(tmp_path / "source", per_batch=20),
+                           tmp_path / "cifar-10-python.tar.gz").read_bytes()
+    at = open_page()
+    assert "No usable CIFAR-10 yet" in at.warning[0].value
+    assert at.button(key="data.download")
+
+    at.file_uploader(key="data.upload").set_value(
+        ("cifar-10-python.tar.gz", b"\x1f\x8b not really gzip", "application/gzip")).run()
+    at.button(key="data.install").click().run()
+    assert_ok(at)
+    assert "not installed" in at.error[0].value
+    assert not (target / "cifar-10-batches-py").exists()
+
+    at.file_uploader(key="data.upload").set_value(
+        ("cifar-10-python.tar.gz", archive, "application/gzip")).run()
+    at.button(key="data.install").click().run()
+    assert_ok(at)
+    assert (target / "cifar-10-batches-py" / "test_batch").is_file()
+    assert "installed" in at.success[0].value
+    assert metric(at, "Classes") == "10"
+    assert metric(at, "Training images") == "80"
+
+
+# --- Model -------------------------------------------------------------------------------
+
+def test_model_page_counts_parameters_and_follows_the_widgets(cifar_env: Path) -> None:
+    at = open_page("pages/model.py")
+    assert metric(at, "Total params") == "167,818"
+    assert "Total params: 167,818" in at.code[0].value
+    assert len(at.dataframe[0].value) == 13
+
+    at.toggle(key="m.batch_norm").set_value(True).run()
+    assert_ok(at)
+    with_bn = count_parameters(build_model(ModelConfig(batch_norm=True)))
+    assert with_bn != 167_818
+    assert metric(at, "Total params") == f"{with_bn:,}"
+    assert at.session_state["config"][1].batch_norm is True
+
+    # The configuration is per session and survives a visit to another page.
+    at.switch_page("pages/dataset.py").run()
+    at.switch_page("pages/model.py").run()
+    assert_ok(at)
+    assert at.toggle(key="m.batch_norm").value is True
+    assert metric(at, "Total params") == f"{with_bn:,}"
+
+
+def test_model_page_loads_presets_and_reports_bad_combinations(cifar_env: Path) -> None:
+    at = open_page("pages/model.py")
+    at.selectbox(key="m.preset").set_value("fast").run()
+    assert_ok(at)
+    fast = PRESETS["fast"]
+    assert metric(at, "Total params") == f"{count_parameters(build_model(fast.model)):,}"
+    assert at.radio(key="m.head").value == "global_max"
+    assert at.session_state["config"][0] == "fast"
+    assert at.session_state["config"][2].lr == fast.train.lr
+
+    at.selectbox(key="m.preset").set_value("baseline").run()
+    at.slider(key="m.blocks").set_value(6).run()  # valid padding shrinks 32 pixels to nothing
+    assert_ok(at)
+    assert "shrinks to nothing" in at.error[0].value
+    assert not at.metric  # no layer table for a network that cannot be built
+    assert len(at.session_state["config"][1].conv_filters) == 3  # the last valid one is kept
+
+
+def test_model_page_shows_first_layer_filters_of_a_run(cifar_env: Path, trained_runs_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       no_bundled_models: None) -> None:
+    monkeypatch.setenv("CIFAR_RUNS_DIR", str(trained_runs_dir))
+    at = open_page("pages/model.py")
+    assert "tiny-baseline" in at.selectbox(key="m.filters_run").value
+    # 32 first-layer filters, 16 to a row.
+    assert len(at.image) == 2
+
+
+# --- Predict -----------------------------------------------------------------------------
+
+def test_predict_page_without_a_model_points_to_training(cifar_env: Path, no_bundled_models: None) -> None:
+    at = open_page("pages/predict.py")
+    assert "Train" in at.info[0].value
+    assert not at.get("file_uploader")
+
+
+def test_predict_page_classifies_uploads_and_reports_bad_files(
+        cifar_env: Path, trained_runs_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        no_bundled_models: None) -> None:
+    monkeypatch.setenv("CIFAR_RUNS_DIR", str(trained_runs_dir))
+    at = open_page("pages/predict.py")
+    red, blue = png_bytes((220, 30, 30)), png_bytes((20, 40, 200), size=(30, 90))
+    at.file_uploader(key="p.files").set_value([
+        ("red.png", red, "image/png"),
+        ("broken.png", b"\x89PNG\r\n\x1a\n not a picture", "image/png"),
+        ("blue.png", blue, "image/png")]).run()
+    assert_ok(at)
+
+    assert len(at.error) == 1 and "broken.png" in at.error[0].value
+    run = load_run(trained_runs_dir / "tiny-baseline")
+    expected = predict_files(run.load_model(), [("red.png", red), ("blue.png", blue)], tuple(CLASSES))
+    headings = [m.value for m in at.markdown if m.value.startswith("#### Prediction:")]
+    assert headings == [f"#### Prediction: {p.label} ({p.top(1)[0][1]:.0%})" for p in expected]
+    charts = figures(at)
+    assert set(charts) == {"p.top_k.0", "p.top_k.2"}
+    bars = charts["p.top_k.0"]["data"][0]
+    assert len(bars["y"]) == 5 and bars["y"][0] == expected[0].label
+    # The 32x32 picture the model saw is shown, enlarged, next to each original.
+    assert len(at.image) == 4
+
+
+def test_predict_page_random_test_images(cifar_env: Path, trained_runs_dir: Path,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         no_bundled_models: None) -> None:
+    monkeypatch.setenv("CIFAR_RUNS_DIR", str(trained_runs_dir))
+    at = open_page("pages/predict.py")
+    at.radio(key="p.mode").set_value("Random test images").run()
+    at.slider(key="p.n").set_value(8).run()
+    assert_ok(at)
+    summary = next(m.value for m in at.markdown if "correct**" in m.value)
+    correct = int(summary.split("**")[1].split(" of ")[0])
+    assert 0 <= correct <= 8 and " of 8 correct" in summary
+    verdicts = [m.value for m in at.markdown if m.value.startswith((":green[", ":red["))]
+    assert len(verdicts) == 8
+    assert sum(v.startswith(":green[") for v in verdicts) == correct
+    assert len(at.image) == 8
+    at.button(key="p.shuffle").click().run()
+    assert_ok(at)
+    assert at.session_state["p.seed"] == 1
