@@ -19,37 +19,44 @@ IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]
 THUMBNAIL = (320, 320)
 
 
-@dataclass
-class Upload:
-    """One uploaded file: the picture as decoded, and what the model made of it (or why not)."""
+@dataclass(frozen=True)
+class Picture:
+    """One uploaded file, decoded: a thumbnail and the 32x32 pixels, or why it could not be read."""
 
     name: str
-    original: Image.Image | None
-    result: Prediction | ImageError
+    size: tuple[int, int] = (0, 0)
+    thumbnail: Image.Image | None = None
+    pixels: np.ndarray | None = None
+    error: str | None = None
 
 
-def classify_uploads(model: torch.nn.Module, files: list[tuple[str, bytes]], classes: tuple[str, ...],
-                     tta_flip: bool) -> list[Upload]:
-    """Decode every file on its own (a bad one only fails itself), then predict the good ones at once."""
-    decoded: list[tuple[str, Image.Image | None, np.ndarray | ImageError]] = []
-    for name, raw in files:
-        try:
-            image = decode_image(raw, name)
-            decoded.append((name, image, to_cifar(image)))
-        except ImageError as err:
-            decoded.append((name, None, err))
-    good = [(name, pixels) for name, _, pixels in decoded if isinstance(pixels, np.ndarray)]
-    predictions = iter(predict_pixels(model, np.stack([p for _, p in good]), classes,
-                                      [n for n, _ in good], tta_flip) if good else [])
-    return [Upload(name, image, next(predictions) if isinstance(pixels, np.ndarray) else pixels)
-            for name, image, pixels in decoded]
+@st.cache_resource(max_entries=64, show_spinner="Reading the pictures...")
+def read_picture(name: str, raw: bytes) -> Picture:
+    # Cached on the file's bytes, so moving a slider does not decode every photo again
+    # (a resource cache: a Picture is never changed, and page classes cannot be pickled).
+    try:
+        image = decode_image(raw, name)
+    except ImageError as err:
+        return Picture(name, error=str(err))
+    thumbnail = image.copy()
+    thumbnail.thumbnail(THUMBNAIL)
+    return Picture(name, image.size, thumbnail, to_cifar(image))
+
+
+def classify(model: torch.nn.Module, pictures: list[Picture], classes: tuple[str, ...],
+             tta_flip: bool) -> list[Prediction | None]:
+    """A prediction for every readable picture (one batch for all of them), None for the others."""
+    good = [p for p in pictures if p.pixels is not None]
+    predictions = iter(predict_pixels(model, np.stack([p.pixels for p in good]), classes,
+                                      [p.name for p in good], tta_flip) if good else [])
+    return [next(predictions) if p.pixels is not None else None for p in pictures]
 
 
 def choose_model() -> tuple[Run, torch.nn.Module] | None:
     runs = app_state.trained_runs()
     if not runs:
         st.info("There is no trained model yet. Train one on the **Train** page (the *quick* preset "
-                "takes a few minutes), then come back here to try it on your own pictures.",
+                "is the shortest), then come back here to try it on your own pictures.",
                 icon=":material/model_training:")
         st.page_link("pages/train.py", label="Go to the Train page", icon=":material/arrow_forward:")
         return None
@@ -68,16 +75,13 @@ def choose_model() -> tuple[Run, torch.nn.Module] | None:
         return None
 
 
-def show_upload(upload: Upload, top_k: int, index: int) -> None:
+def show_picture(picture: Picture, prediction: Prediction | None, top_k: int, index: int) -> None:
     with st.container(border=True):
-        if isinstance(upload.result, ImageError):
-            st.error(f"{upload.result}", icon=":material/broken_image:")
+        if prediction is None:
+            st.error(picture.error, icon=":material/broken_image:")
             return
-        prediction = upload.result
         original, seen, chart = st.columns([3, 2, 5], gap="medium")
-        thumbnail = upload.original.copy()
-        thumbnail.thumbnail(THUMBNAIL)
-        original.image(thumbnail, caption=f"{upload.name} ({upload.original.width}×{upload.original.height})")
+        original.image(picture.thumbnail, caption=f"{picture.name} ({picture.size[0]}×{picture.size[1]})")
         seen.image(plots.upscale(prediction.pixels, 6), caption="What the model sees: 32×32 pixels")
         with chart:
             label, probability = prediction.top(1)[0]
@@ -98,9 +102,10 @@ def upload_mode(model: torch.nn.Module, classes: tuple[str, ...], tta_flip: bool
             "image, before the model sees it. Photos where the object fills the frame work best. "
             "The model only knows its 10 classes, so anything else is forced into one of them.")
         return
-    uploads = classify_uploads(model, [(f.name, f.getvalue()) for f in files], classes, tta_flip)
-    for index, upload in enumerate(uploads):
-        show_upload(upload, top_k, index)
+    pictures = [read_picture(f.name, f.getvalue()) for f in files]
+    predictions = classify(model, pictures, classes, tta_flip)
+    for index, (picture, prediction) in enumerate(zip(pictures, predictions, strict=True)):
+        show_picture(picture, prediction, top_k, index)
 
 
 def test_images_mode(model: torch.nn.Module, classes: tuple[str, ...], tta_flip: bool) -> None:
