@@ -265,6 +265,12 @@ def test_bad_set_value_is_a_one_line_error(cifar_env: Path, capsys: pytest.Captu
     assert "epochs" in in_process_error(["train", "--epochs", "0"], capsys)
 
 
+@pytest.mark.parametrize("n", ["0", "-5"])
+def test_subset_below_one_is_a_one_line_error(cifar_env: Path, capsys: pytest.CaptureFixture[str],
+                                               n: str) -> None:
+    assert "--subset" in in_process_error(["train", "--subset", n, "--epochs", "1"], capsys)
+
+
 def test_pickled_weights_are_refused_by_predict(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = untrained_run(workdir / "pickled-weights")
     marker = workdir / "pwned-by-weights"
