@@ -117,6 +117,8 @@ class EpochPrinter:
 def cmd_train(args: argparse.Namespace) -> None:
     model_cfg, train_cfg = configs_from(args)
     n_subset = 512 if args.dry_run else args.subset
+    if n_subset is not None and n_subset < 1:
+        raise UsageError("--subset must be at least 1")
     if args.dry_run:
         train_cfg = apply_overrides(model_cfg, train_cfg, {"epochs": 1})[1]
     started = time.perf_counter()
