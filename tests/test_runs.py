@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from cifar_core import runs
-from cifar_core.data import CifarData, load_cifar10
-from cifar_core.evaluation import evaluate
+from cifar_core.data import DEFAULT_CLASSES, CifarData, load_cifar10
+from cifar_core.evaluation import Evaluation, evaluate
 from cifar_core.model import ModelConfig
 from cifar_core.pipeline import train_run
 from cifar_core.runs import (
@@ -369,3 +369,42 @@ def test_history_csv_round_trips(tmp_path: Path) -> None:
         {"epoch": r.epoch, "train_loss": r.train_loss, "train_acc": r.train_acc, "val_loss": r.val_loss,
          "val_acc": r.val_acc, "lr": r.lr, "seconds": r.seconds} for r in history]
     assert read_history(tmp_path / "absent.csv") == []
+
+
+# --- evaluating a run ---------------------------------------------------------------------
+
+def made_up_evaluation(seed: int = 0) -> Evaluation:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, 300)
+    probabilities = rng.dirichlet(np.ones(10), 300)
+    probabilities[np.arange(300) % 2 == 0, labels[::2]] += 1  # half are likely right
+    probabilities /= probabilities.sum(1, keepdims=True)
+    return Evaluation(labels, probabilities.argmax(1), probabilities, tuple(DEFAULT_CLASSES))
+
+
+def test_confusion_and_per_class_figures_by_hand() -> None:
+    ev = made_up_evaluation()
+    cm = np.zeros((10, 10), int)
+    for t, p in zip(ev.labels, ev.predicted):
+        cm[t, p] += 1
+    np.testing.assert_array_equal(ev.confusion(), cm)
+    np.testing.assert_allclose(ev.confusion(normalize=True), cm / cm.sum(1, keepdims=True))
+    report = ev.per_class()
+    np.testing.assert_allclose(report["recall"], np.diag(cm) / cm.sum(1))
+    np.testing.assert_allclose(report["precision"], np.diag(cm) / np.maximum(cm.sum(0), 1))
+    assert report["support"].tolist() == cm.sum(1).tolist()
+    assert ev.accuracy == pytest.approx(np.trace(cm) / cm.sum())
+
+
+def test_mistakes_are_wrong_and_most_confident_first() -> None:
+    ev = made_up_evaluation(1)
+    table = ev.mistakes(limit=1000)
+    wrong = np.flatnonzero(ev.predicted != ev.labels)
+    assert sorted(table["index"]) == sorted(wrong)
+    assert list(table["confidence"]) == sorted(table["confidence"], reverse=True)
+    cats = ev.mistakes(true_class=3, limit=1000)
+    assert all(ev.labels[i] == 3 and ev.predicted[i] != 3 for i in cats["index"])
+    assert len(ev.mistakes(limit=5)) == min(5, len(wrong))
+    pair = ev.pair(3, 5)
+    assert all(ev.labels[i] == 3 and ev.predicted[i] == 5 for i in pair)
+    assert list(ev.probabilities[pair, 5]) == sorted(ev.probabilities[pair, 5], reverse=True)
