@@ -47,6 +47,7 @@ def install_folder() -> Path:
 def installed(message: str) -> None:
     """Drop the cached (missing or old) dataset and start the page again with the new one."""
     app_state.reload_data()
+    pixel_histograms.clear()  # keyed on the folder, which may now hold different images
     st.session_state["data.installed"] = message
     st.rerun()
 
