@@ -4,9 +4,9 @@ import streamlit as st
 
 st.set_page_config(page_title="CIFAR-10 CNN Lab", page_icon=":material/science:", layout="wide")
 st.navigation([
-    st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:", default=True),
-    st.Page("pages/model.py", title="Model", icon=":material/account_tree:"),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/grid_on:"),
-    st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
+    st.Page("app_pages/dataset.py", title="Dataset", icon=":material/photo_library:", default=True),
+    st.Page("app_pages/model.py", title="Model", icon=":material/account_tree:"),
+    st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("app_pages/evaluate.py", title="Evaluate", icon=":material/grid_on:"),
+    st.Page("app_pages/predict.py", title="Predict", icon=":material/image_search:"),
 ]).run()

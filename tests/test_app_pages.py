@@ -144,7 +144,7 @@ def test_dataset_page_installs_an_uploaded_archive(tmp_path: Path,
 # --- Model -------------------------------------------------------------------------------
 
 def test_model_page_counts_parameters_and_follows_the_widgets(cifar_env: Path) -> None:
-    at = open_page("pages/model.py")
+    at = open_page("app_pages/model.py")
     assert metric(at, "Total params") == "167,818"
     assert "Total params: 167,818" in at.code[0].value
     assert len(at.dataframe[0].value) == 13
@@ -157,15 +157,15 @@ def test_model_page_counts_parameters_and_follows_the_widgets(cifar_env: Path) -
     assert at.session_state["config"][1].batch_norm is True
 
     # The configuration is per session and survives a visit to another page.
-    at.switch_page("pages/dataset.py").run()
-    at.switch_page("pages/model.py").run()
+    at.switch_page("app_pages/dataset.py").run()
+    at.switch_page("app_pages/model.py").run()
     assert_ok(at)
     assert at.toggle(key="m.batch_norm").value is True
     assert metric(at, "Total params") == f"{with_bn:,}"
 
 
 def test_model_page_loads_presets_and_reports_bad_combinations(cifar_env: Path) -> None:
-    at = open_page("pages/model.py")
+    at = open_page("app_pages/model.py")
     at.selectbox(key="m.preset").set_value("fast").run()
     assert_ok(at)
     fast = PRESETS["fast"]
@@ -186,7 +186,7 @@ def test_model_page_shows_first_layer_filters_of_a_run(cifar_env: Path, trained_
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        no_bundled_models: None) -> None:
     monkeypatch.setenv("CIFAR_RUNS_DIR", str(trained_runs_dir))
-    at = open_page("pages/model.py")
+    at = open_page("app_pages/model.py")
     assert "tiny-baseline" in at.selectbox(key="m.filters_run").value
     # 32 first-layer filters, 16 to a row.
     assert len(at.image) == 2
@@ -195,7 +195,7 @@ def test_model_page_shows_first_layer_filters_of_a_run(cifar_env: Path, trained_
 # --- Predict -----------------------------------------------------------------------------
 
 def test_predict_page_without_a_model_points_to_training(cifar_env: Path, no_bundled_models: None) -> None:
-    at = open_page("pages/predict.py")
+    at = open_page("app_pages/predict.py")
     assert "Train" in at.info[0].value
     assert not at.get("file_uploader")
 
@@ -204,7 +204,7 @@ def test_predict_page_classifies_uploads_and_reports_bad_files(
         cifar_env: Path, trained_runs_dir: Path, monkeypatch: pytest.MonkeyPatch,
         no_bundled_models: None) -> None:
     monkeypatch.setenv("CIFAR_RUNS_DIR", str(trained_runs_dir))
-    at = open_page("pages/predict.py")
+    at = open_page("app_pages/predict.py")
     red, blue = png_bytes((220, 30, 30)), png_bytes((20, 40, 200), size=(30, 90))
     at.file_uploader(key="p.files").set_value([
         ("red.png", red, "image/png"),
@@ -229,7 +229,7 @@ def test_predict_page_random_test_images(cifar_env: Path, trained_runs_dir: Path
                                          monkeypatch: pytest.MonkeyPatch,
                                          no_bundled_models: None) -> None:
     monkeypatch.setenv("CIFAR_RUNS_DIR", str(trained_runs_dir))
-    at = open_page("pages/predict.py")
+    at = open_page("app_pages/predict.py")
     at.radio(key="p.mode").set_value("Random test images").run()
     at.slider(key="p.n").set_value(8).run()
     assert_ok(at)

@@ -80,7 +80,7 @@ def no_jobs_left_running() -> None:
 
 
 def test_tiny_run_trains_to_completion_then_evaluates(cifar_env: Path) -> None:
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     assert "**baseline** · 167,818 parameters" in at.markdown[0].value
     assert "No runs yet" in " ".join(c.value for c in at.caption)
 
@@ -101,7 +101,7 @@ def test_tiny_run_trains_to_completion_then_evaluates(cifar_env: Path) -> None:
     assert list(table["images"]) == [200] and list(table["epochs"]) == [2]
 
     # The run this session just trained is preselected on the Evaluate page.
-    at.switch_page("pages/evaluate.py")
+    at.switch_page("app_pages/evaluate.py")
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     assert Path(at.selectbox(key="eval.run").value).name == table["run"][0]
@@ -115,7 +115,7 @@ def test_tiny_run_trains_to_completion_then_evaluates(cifar_env: Path) -> None:
 
 
 def test_stop_button_stops_the_live_run(cifar_env: Path) -> None:
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     start_run(at, images=0, epochs=200)
     wait_until(at, lambda a: any(b.key.startswith("train.stop.") for b in a.button)
                and "batch" in (a.get("progress")[0].proto.text if a.get("progress") else ""))
@@ -137,7 +137,7 @@ def trained_run(cifar_env: Path, tmp_path: Path) -> Path:
 
 
 def test_evaluate_page_normalises_switches_split_and_filters_mistakes(trained_run: Path) -> None:
-    at = open_page("pages/evaluate.py")
+    at = open_page("app_pages/evaluate.py")
     assert at.selectbox(key="eval.run").value == str(trained_run)
 
     at.toggle(key="eval.normalize").set_value(True).run()
@@ -174,6 +174,6 @@ def test_evaluate_page_without_runs_points_to_training(cifar_env: Path,
     import app_state
 
     monkeypatch.setattr(app_state, "bundled_runs", list)  # as if models/ were still empty
-    at = open_page("pages/evaluate.py")
+    at = open_page("app_pages/evaluate.py")
     assert "No trained networks yet" in at.info[0].value
     assert not at.get("plotly_chart")

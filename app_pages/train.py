@@ -75,7 +75,7 @@ def show_config(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig) -> 
                     f"{train_cfg.lr:g} · batch {train_cfg.batch_size} · up to {train_cfg.epochs} epochs "
                     f"· {stopping} · augmentation {train_cfg.augmentation}",
                     help=HELP_EARLY_STOPPING)
-        st.page_link("pages/model.py", label="Change the network and its settings on the Model page",
+        st.page_link("app_pages/model.py", label="Change the network and its settings on the Model page",
                      icon=":material/tune:")
 
 
@@ -224,7 +224,7 @@ def draw_result(snap: JobSnapshot, what: str) -> None:
     cols[3].metric("Training time", fmt_seconds(m.get("train_seconds")))
     ips = m.get("images_per_second")
     cols[4].metric("Images/s", f"{ips:,.0f}" if ips else "–", help=HELP_IPS)
-    st.page_link("pages/evaluate.py", label="See its confusion matrix and mistakes on the Evaluate page",
+    st.page_link("app_pages/evaluate.py", label="See its confusion matrix and mistakes on the Evaluate page",
                  icon=":material/grid_on:")
 
 

@@ -184,7 +184,7 @@ runs = [r for r in trained_runs() if r.status in EVALUABLE or Path(r.path).paren
 if not runs:
     st.info("No trained networks yet, and no pretrained models are bundled with this copy of the "
             "app. Train one first; even a quick run on a few thousand images will do.")
-    st.page_link("pages/train.py", label="Go to the Train page", icon=":material/model_training:")
+    st.page_link("app_pages/train.py", label="Go to the Train page", icon=":material/model_training:")
     st.stop()
 data = get_data()
 if data is None:

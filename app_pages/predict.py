@@ -58,7 +58,7 @@ def choose_model() -> tuple[Run, torch.nn.Module] | None:
         st.info("There is no trained model yet. Train one on the **Train** page (the *quick* preset "
                 "is the shortest), then come back here to try it on your own pictures.",
                 icon=":material/model_training:")
-        st.page_link("pages/train.py", label="Go to the Train page", icon=":material/arrow_forward:")
+        st.page_link("app_pages/train.py", label="Go to the Train page", icon=":material/arrow_forward:")
         return None
     by_path = {str(run.path): run for run in runs}
     path = st.selectbox("Model", list(by_path), key="p.run",
