@@ -53,6 +53,11 @@ IMAGE_BYTES = 32 * 32 * 3
 # An official batch is 30.7 MB; anything far larger is not a CIFAR batch.
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
 MAX_ARCHIVE_BYTES = 400 * 1024 * 1024
+# The official archive unpacks to 178 MB in 9 members. The caps hold for the whole tar stream,
+# skipped members and tar's own pax/long-name headers included, so a gzip bomb stops there.
+MAX_UNPACKED_BYTES = 512 * 1024 * 1024
+MAX_MEMBERS = 64
+MAX_CLASS_NAME = 64
 
 ChannelOrder = Literal["correct", "as_presented"]
 ProgressFn = Callable[[int, int], None]
@@ -149,6 +154,14 @@ def parse_batch(raw: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{what}: data must be a uint8 array, found {found}")
     if data.ndim != 2 or data.shape[1] != IMAGE_BYTES:
         raise DataError(f"{what}: data must have shape (N, 3072), found {data.shape}")
+    if data.shape[0] == 0:
+        raise DataError(f"{what}: holds no images")
+    if not isinstance(labels, np.ndarray) and not (
+            isinstance(labels, list | tuple) and len(labels) == data.shape[0]
+            and all(isinstance(v, int | np.integer) for v in labels)):
+        # Checked before numpy sees them: nested lists that share one another (a few KB of
+        # pickle) would expand into gigabytes inside np.asarray.
+        raise DataError(f"{what}: labels must be a list of {data.shape[0]} integers")
     try:
         labels = np.asarray(labels)
     except Exception:
@@ -165,11 +178,15 @@ def parse_meta(raw: bytes, what: str) -> tuple[str, ...]:
     meta = safe_unpickle(raw, what)
     try:
         names = _field(meta, "label_names") if isinstance(meta, dict) else None
+        if not isinstance(names, list | tuple):
+            raise TypeError
         classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
     except (KeyError, TypeError, UnicodeDecodeError):
         raise DataError(f"{what}: no list of label_names") from None
     if len(classes) != NUM_CLASSES:
         raise DataError(f"{what}: expected 10 class names, found {len(classes)}")
+    if not all(isinstance(n, bytes | str) and 0 < len(n) <= MAX_CLASS_NAME for n in names):
+        raise DataError(f"{what}: class names must be text of 1 to {MAX_CLASS_NAME} characters")
     return classes
 
 
@@ -251,6 +268,30 @@ def download_archive(dest_dir: Path, progress: ProgressFn | None = None,
     return target
 
 
+class _CappedGzip(gzip.GzipFile):
+    """A gzip stream that raises DataError instead of unpacking more than ``cap`` bytes."""
+
+    def __init__(self, fileobj: io.IOBase, cap: int, what: str) -> None:
+        super().__init__(fileobj=fileobj, mode="rb")
+        self.cap, self.what = cap, what
+
+    def _check(self, end: int) -> None:
+        if end > self.cap:
+            raise DataError(f"{self.what}: unpacks to more than {self.cap >> 20} MB, not CIFAR-10")
+
+    def read(self, size: int | None = -1) -> bytes:
+        room = self.cap + 1 - self.tell()
+        data = super().read(room if size is None or size < 0 else min(size, room))
+        self._check(self.tell())
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:  # tell() is seek(0, SEEK_CUR)
+            offset, whence = super().seek(0, io.SEEK_CUR) + offset, io.SEEK_SET
+        self._check(offset)
+        return super().seek(offset, whence)
+
+
 def read_archive(archive: Path | bytes) -> dict[str, bytes]:
     """The batch files inside a ``cifar-10-python.tar.gz``, read into memory.
 
@@ -259,13 +300,17 @@ def read_archive(archive: Path | bytes) -> dict[str, bytes]:
     written to disk.
     """
     what = "archive" if isinstance(archive, bytes) else str(archive)
-    if not isinstance(archive, bytes) and archive.stat().st_size > MAX_ARCHIVE_BYTES:
+    size = len(archive) if isinstance(archive, bytes) else archive.stat().st_size
+    if size > MAX_ARCHIVE_BYTES:
         raise DataError(f"{what}: larger than {MAX_ARCHIVE_BYTES >> 20} MB, not CIFAR-10")
     fileobj = io.BytesIO(archive) if isinstance(archive, bytes) else open(archive, "rb")
     files: dict[str, bytes] = {}
     try:
-        with fileobj, tarfile.open(fileobj=fileobj, mode="r:gz") as tar:
-            for member in tar:
+        with (fileobj, _CappedGzip(fileobj, MAX_UNPACKED_BYTES, what) as stream,
+              tarfile.open(fileobj=stream, mode="r:") as tar):
+            for count, member in enumerate(tar, 1):
+                if count > MAX_MEMBERS:
+                    raise DataError(f"{what}: more than {MAX_MEMBERS} entries, not CIFAR-10")
                 parts = member.name.split("/")
                 if len(parts) != 2 or parts[0] != FOLDER_NAME or parts[1] not in BATCH_FILES:
                     continue
@@ -274,6 +319,8 @@ def read_archive(archive: Path | bytes) -> dict[str, bytes]:
                 if member.size > MAX_MEMBER_BYTES:
                     raise DataError(f"{what}: {member.name} is {member.size} bytes, too large")
                 files[parts[1]] = tar.extractfile(member).read(MAX_MEMBER_BYTES + 1)
+            while stream.read(1 << 20):  # to the end, so that gzip checks its CRC and length
+                pass
     except (tarfile.TarError, gzip.BadGzipFile, EOFError, OSError, zlib.error) as err:
         raise DataError(f"{what}: not a readable .tar.gz ({err})") from None
     missing = [name for name in BATCH_FILES if name not in files]
@@ -310,19 +357,28 @@ def install_archive(archive: Path | bytes, dest_dir: Path) -> Path:
     """
     files = read_archive(archive)
     validate_files(files)
-    dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / FOLDER_NAME
-    staging = Path(tempfile.mkdtemp(dir=dest_dir, prefix=".incoming-"))
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=dest_dir, prefix=".incoming-"))
+    except OSError as err:
+        raise DataError(f"cannot write to {dest_dir}: {err.strerror or err}") from None
     try:
         for name, raw in files.items():
             (staging / name).write_bytes(raw)
         if final.exists():
-            old = dest_dir / f".replaced-{os.getpid()}"
+            old = Path(tempfile.mkdtemp(dir=dest_dir, prefix=".replaced-"))
             os.replace(final, old)
-            os.replace(staging, final)
+            try:
+                os.replace(staging, final)
+            except OSError:
+                os.replace(old, final)  # the dataset that was there stays in place
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, final)
+    except OSError as err:
+        raise DataError(f"cannot install the dataset in {dest_dir}: {err.strerror or err}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
