@@ -101,16 +101,32 @@ def parse_value(text: str) -> object:
 def apply_overrides(model: ModelConfig, train: TrainConfig,
                     overrides: dict[str, object]) -> tuple[ModelConfig, TrainConfig]:
     """New configs with ``overrides`` applied; unknown keys or bad values raise ConfigError."""
-    model_changes = {k: v for k, v in overrides.items() if k in MODEL_KEYS}
+    model_changes = {k: parse_sizes(v) if k in ("conv_filters", "dense_units") else v
+                     for k, v in overrides.items() if k in MODEL_KEYS}
     train_changes = {k: v for k, v in overrides.items() if k in TRAIN_KEYS}
     unknown = set(overrides) - MODEL_KEYS - TRAIN_KEYS
     if unknown:
         raise ConfigError(f"unknown setting {sorted(unknown)[0]!r}; settings are: "
                           f"{', '.join(sorted(MODEL_KEYS | TRAIN_KEYS))}")
+    # A new number of blocks or dense layers keeps the preset's dropout rates where
+    # they still apply (padding with 0), unless the rates are given too.
+    for sizes, rates in (("conv_filters", "conv_dropout"), ("dense_units", "dense_dropout")):
+        if sizes in model_changes and rates not in model_changes:
+            n = len(parse_sizes(model_changes[sizes]))
+            model_changes[rates] = (tuple(getattr(model, rates)) + (0.0,) * n)[:n]
     try:
         return replace(model, **model_changes), replace(train, **train_changes)
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
+
+
+def parse_sizes(value: object) -> tuple:
+    """A layer-size setting as a tuple: 64 -> (64,), '' or 'none' -> ()."""
+    if isinstance(value, (tuple, list)):
+        return tuple(value)
+    if value in ("", "none", None):
+        return ()
+    return (value,)
 
 
 def parse_overrides(items: list[str]) -> dict[str, object]:
