@@ -113,7 +113,10 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
+class _NumpyOnlyUnpickler(pickle._Unpickler):
+    # The pure-Python unpickler, as fast here as the C one (a batch is one big bytes object):
+    # the C one sizes its memo table from the index a PUT opcode names, so ten bytes asking for
+    # slot 2**30 would allocate 16 GB; this one keeps its memo in a dict.
     _allowed = _allowed_globals()
 
     def find_class(self, module: str, name: str) -> object:
