@@ -36,7 +36,7 @@ def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, r
         if isinstance(event, EpochEvent):
             history.append(event.record)
             state = model.state_dict() if event.improved or not train_cfg.restore_best else None
-            writer.epoch_done(history, event.best_epoch, event.val_confusion, state)
+            writer.epoch_done(history, event.best_epoch, event.val_confusion, state, event.grad_norms)
         if on_event:
             on_event(event)
 

@@ -37,6 +37,7 @@ HISTORY_FILE = "history.csv"
 WEIGHTS_FILE = "weights.safetensors"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "val_confusion.npy"
+GRAD_NORMS_FILE = "grad_norms.csv"
 STATUSES = ("running", "finished", "stopped", "interrupted")
 
 
@@ -101,6 +102,7 @@ class RunWriter:
         self._write(CONFIG_FILE, json.dumps(config, indent=2).encode())
         self._write(METRICS_FILE, json.dumps(self.metrics, indent=2).encode())
         self.confusions: list[np.ndarray] = []
+        self.grad_norms: list[dict[str, float]] = []
 
     def _write(self, name: str, data: bytes) -> None:
         try:
@@ -109,9 +111,13 @@ class RunWriter:
             raise RunError(f"cannot write {self.path / name}: {err.strerror}") from None
 
     def epoch_done(self, history: list[EpochRecord], best_epoch: int, val_confusion: np.ndarray,
-                   best_state: dict[str, torch.Tensor] | None) -> None:
+                   best_state: dict[str, torch.Tensor] | None,
+                   grad_norms: dict[str, float] | None = None) -> None:
         """Record a finished epoch; ``best_state`` is given when this epoch is the new best."""
         self.confusions.append(val_confusion)
+        if grad_norms:
+            self.grad_norms.append({"epoch": history[-1].epoch, **grad_norms})
+            self._write(GRAD_NORMS_FILE, _csv_bytes(self.grad_norms))
         if best_state is not None:
             self._write(WEIGHTS_FILE, save_weights_bytes(best_state))
         self._write(CONFUSION_FILE, _npy_bytes(np.stack(self.confusions)))
@@ -127,6 +133,14 @@ class RunWriter:
 
     def save_weights(self, state: dict[str, torch.Tensor]) -> None:
         self._write(WEIGHTS_FILE, save_weights_bytes(state))
+
+
+def _csv_bytes(rows: list[dict]) -> bytes:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().encode()
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -176,6 +190,13 @@ class Run:
             return np.load(path, allow_pickle=False)
         except (OSError, ValueError):
             return None
+
+    def grad_norms(self) -> list[dict]:
+        """Per epoch, the mean gradient norm of each conv/dense layer (empty for old runs)."""
+        try:
+            return read_history(self.path / GRAD_NORMS_FILE)
+        except (OSError, ValueError):
+            return []
 
     def load_model(self, device: torch.device | str = "cpu") -> CifarCNN:
         model = build_model(self.model_config)

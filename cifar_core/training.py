@@ -159,6 +159,9 @@ class EpochEvent:
     epochs_without_improvement: int
     improved: bool
     val_confusion: np.ndarray = field(repr=False)
+    # Mean gradient norm of each conv/dense layer's weights over the epoch's batches:
+    # the measurement behind "sigmoid makes gradients vanish in deep networks".
+    grad_norms: dict[str, float] = field(default_factory=dict, repr=False)
 
 
 Event = BatchEvent | EpochEvent
@@ -231,6 +234,12 @@ def _confusion(labels: np.ndarray, predicted: np.ndarray, classes: int = 10) -> 
     return np.bincount(labels * classes + predicted, minlength=classes * classes).reshape(classes, classes)
 
 
+def weight_layers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(layer name, weight) of every conv and dense layer, input to output."""
+    return [(name.rsplit(".", 1)[-1], module.weight) for name, module in model.named_modules()
+            if isinstance(module, (nn.Conv2d, nn.Linear))]
+
+
 def fit(model: nn.Module, data: CifarData, cfg: TrainConfig,
         on_event: EventHandler | None = None, stop: threading.Event | None = None) -> FitResult:
     """Train ``model`` on ``data.x_train``, validating after every epoch."""
@@ -252,6 +261,7 @@ def fit(model: nn.Module, data: CifarData, cfg: TrainConfig,
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     minimize = cfg.monitor == "val_loss"
 
+    weighted = weight_layers(model)
     history: list[EpochRecord] = []
     best_value, best_epoch, since_best = math.inf, 0, 0
     best_state = copy.deepcopy(model.state_dict())
@@ -264,6 +274,7 @@ def fit(model: nn.Module, data: CifarData, cfg: TrainConfig,
         perm = torch.randperm(n, generator=order_gen).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
+        grad_sums = torch.zeros(len(weighted), device=device)
         lr = optimizer.param_groups[0]["lr"]
         seen = 0
         for b in range(batches):
@@ -276,11 +287,13 @@ def fit(model: nn.Module, data: CifarData, cfg: TrainConfig,
             loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            grad_sums += torch.stack(torch._foreach_norm([w.grad for _, w in weighted]))
             optimizer.step()
             schedule.step()
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
+            steps = b + 1
             images_done += len(y)
             if on_event:
                 elapsed = time.perf_counter() - start
@@ -307,8 +320,9 @@ def fit(model: nn.Module, data: CifarData, cfg: TrainConfig,
         else:
             since_best += 1
         if on_event:
+            grad_norms = dict(zip([name for name, _ in weighted], (grad_sums / steps).tolist()))
             on_event(EpochEvent(record, best_epoch, since_best, improved,
-                                _confusion(data.y_val, val_pred, len(data.classes))))
+                                _confusion(data.y_val, val_pred, len(data.classes)), grad_norms))
         if stopped_by_user:
             break
         if cfg.early_stopping and since_best >= cfg.patience:

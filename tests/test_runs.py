@@ -76,7 +76,16 @@ def edit_json(path: Path, **changes: object) -> None:
 
 def test_run_folder_holds_exactly_the_documented_files(run_dir: Path) -> None:
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.json", "history.csv", "metrics.json", "val_confusion.npy", "weights.safetensors"]
+        "config.json", "grad_norms.csv", "history.csv", "metrics.json", "val_confusion.npy",
+        "weights.safetensors"]
+
+
+def test_grad_norms_recorded_per_epoch_and_layer(run_dir: Path) -> None:
+    rows = load_run(run_dir).grad_norms()
+    assert [r["epoch"] for r in rows] == [1, 2]
+    layers = [k for k in rows[0] if k != "epoch"]
+    assert layers[0] == "conv1" and layers[-1] == "logits"
+    assert all(r[k] > 0 for r in rows for k in layers)
 
 
 def test_history_csv_columns_and_rows(run_dir: Path) -> None:
