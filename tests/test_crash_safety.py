@@ -34,8 +34,8 @@ PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "py
 TINY = ModelConfig(conv_filters=(8, 16), conv_dropout=(0.0, 0.25), dense_units=(16,),
                    dense_dropout=(0.25,))
 FAST = TrainConfig(epochs=2, batch_size=32, device="cpu", precision="fp32", seed=3)
-RUN_FILES = {runs.CONFIG_FILE, runs.HISTORY_FILE, runs.WEIGHTS_FILE, runs.METRICS_FILE,
-             runs.CONFUSION_FILE}
+# Every file a run folder may hold, as runs.py names them (CONFIG_FILE, HISTORY_FILE, ...).
+RUN_FILES = {value for key, value in vars(runs).items() if key.endswith("_FILE") and isinstance(value, str)}
 
 
 @pytest.fixture(autouse=True)
@@ -211,19 +211,26 @@ def test_unwritable_file_system_is_a_clear_run_error(code: int, tmp_path: Path,
         RunWriter(tmp_path / "r", TINY, FAST)
 
 
+def disk_full_after_epoch_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write after the first epoch's metrics.json fails: the disk is full."""
+    real = runs.atomic_write
+    metrics_writes = []
+
+    def filling_up(target: Path, payload: bytes) -> None:
+        if len(metrics_writes) >= 2:  # the one at the start, the one after epoch 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(target, payload)
+        if target.name == runs.METRICS_FILE:
+            metrics_writes.append(target)
+
+    monkeypatch.setattr(runs, "atomic_write", filling_up)
+
+
 def test_disk_full_mid_run_keeps_the_saved_epochs(data: CifarData, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "full"
     real = runs.atomic_write
-    calls = []
-
-    def filling_up(target: Path, payload: bytes) -> None:
-        calls.append(target)
-        if len(calls) > 2 + 4:  # config, metrics, the first epoch's four files: then the disk is full
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(target, payload)
-
-    monkeypatch.setattr(runs, "atomic_write", filling_up)
+    disk_full_after_epoch_one(monkeypatch)
     with pytest.raises(RunError, match="No space left on device"):
         train_run(TINY, FAST, data, path)
     monkeypatch.setattr(runs, "atomic_write", real)
@@ -264,15 +271,7 @@ def test_job_whose_disk_fills_up_mid_run_fails_with_the_reason(data: CifarData, 
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     registry = JobRegistry(max_jobs=1, max_queued=4, torch_threads=1)
     real = runs.atomic_write
-    calls = []
-
-    def filling_up(target: Path, payload: bytes) -> None:
-        calls.append(target)
-        if len(calls) > 6:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(target, payload)
-
-    monkeypatch.setattr(runs, "atomic_write", filling_up)
+    disk_full_after_epoch_one(monkeypatch)
     failed = registry.wait(registry.submit(TINY, FAST, data, runs_root=tmp_path / "runs"), timeout=120)
     assert failed.status == "failed" and "No space left on device" in failed.error
     assert len(failed.history) >= 1
