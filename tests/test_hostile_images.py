@@ -212,10 +212,10 @@ def test_truncated_jpeg_is_refused(cut: float) -> None:
 ], ids=["png-50000", "png-10000", "png-41Mpx", "png-2^31-wide", "jpeg-65000", "jpeg-10000",
         "gif-65535", "bmp-30000", "webp-16000"])
 def test_declared_size_over_the_limit_is_refused_before_decoding(raw: bytes) -> None:
-    started = time.perf_counter()
+    started = time.process_time()
     message = refused(raw, "bomb", "too large")
     assert "40 megapixels" in message
-    assert time.perf_counter() - started < 0.5
+    assert time.process_time() - started < 0.5
 
 
 def test_real_small_file_bomb_over_the_limit_is_refused_unread() -> None:
@@ -238,16 +238,17 @@ def test_compressed_metadata_bomb_is_refused(text_chunk: bytes) -> None:
 
 
 class PeakRSS:
-    """Wall time and growth of this process's peak resident memory over a block (Linux)."""
+    """CPU time (immune to a busy machine) and growth of this process's peak resident memory
+    over a block (Linux)."""
 
     def __enter__(self) -> PeakRSS:
         self.resettable = _reset_peak_rss()
         self.base = _peak_rss_mb()
-        self.started = time.perf_counter()
+        self.started = time.process_time()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self.started
+        self.seconds = time.process_time() - self.started
         # Without a resettable peak, an earlier higher peak hides growth: report none.
         self.grown_mb = _peak_rss_mb() - self.base if self.resettable else 0
 
