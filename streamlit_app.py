@@ -9,4 +9,5 @@ st.navigation([
     st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("app_pages/evaluate.py", title="Evaluate", icon=":material/grid_on:"),
     st.Page("app_pages/predict.py", title="Predict", icon=":material/image_search:"),
+    st.Page("app_pages/experiments.py", title="Experiments", icon=":material/science:"),
 ]).run()

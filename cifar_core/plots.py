@@ -204,3 +204,192 @@ def per_class_figure(report: pd.DataFrame) -> go.Figure:
     fig.update_layout(xaxis_title=None, yaxis_title=None, yaxis_tickformat=".0%", legend_title=None,
                       margin={"t": 50, "b": 10})
     return fig
+
+
+# --- confusion through training, run comparison ---------------------------------------
+
+def add_cell_picker(fig: go.Figure, classes: Sequence[str]) -> go.Figure:
+    """Make a confusion heatmap's cells clickable in Streamlit.
+
+    Streamlit's plotly selection events carry nothing for heatmap traces, so an invisible
+    marker sits on every cell; a click selects it and the selection names the cell
+    (x: predicted class, y: true class). The heatmap stays trace 0.
+    """
+    labels = list(classes)
+    n = len(labels)
+    fig.add_scatter(x=[labels[j] for _ in range(n) for j in range(n)],
+                    y=[labels[i] for i in range(n) for _ in range(n)],
+                    mode="markers", name="cells", showlegend=False, hoverinfo="skip",
+                    marker={"symbol": "square", "size": 28, "color": "rgba(0,0,0,0)"},
+                    selected={"marker": {"opacity": 1}}, unselected={"marker": {"opacity": 1}})
+    fig.update_layout(clickmode="event+select", dragmode=False)
+    return fig
+
+
+def confusion_change_figure(current: np.ndarray, previous: np.ndarray, classes: Sequence[str],
+                            title: str = "Change since the previous epoch") -> go.Figure:
+    """What changed between two confusion matrices, coloured by whether it is progress.
+
+    Each cell shows the signed change in count. Green is better (more right answers on
+    the diagonal, fewer of a mistake off it), red is worse, white is no change.
+    """
+    delta = np.asarray(current, dtype=np.int64) - np.asarray(previous, dtype=np.int64)
+    good = np.where(np.eye(len(delta), dtype=bool), delta, -delta)
+    top = max(int(np.abs(good).max()), 1)
+    labels = list(classes)
+    text = [[f"{v:+,}" if v else "·" for v in row] for row in delta]
+    fig = go.Figure(go.Heatmap(
+        z=good, x=labels, y=labels, zmin=-top, zmax=top, text=text, texttemplate="%{text}",
+        customdata=delta, colorscale=[[0, "#c0392b"], [0.5, "#ffffff"], [1, "#1e8449"]],
+        hovertemplate="true: %{y}<br>predicted: %{x}<br>change: %{customdata:+,}<extra></extra>",
+        colorbar={"title": "better", "tickvals": [-top, 0, top], "ticktext": ["worse", "same", "better"]}))
+    fig.update_layout(title=title, height=560, margin={"t": 50, "b": 10},
+                      xaxis={"title": "predicted class", "side": "bottom", "constrain": "domain"},
+                      yaxis={"title": "true class", "autorange": "reversed", "scaleanchor": "x"})
+    return fig
+
+
+def epoch_accuracy_figure(matrices: np.ndarray, classes: Sequence[str], epoch: int | None = None,
+                          best_epoch: int | None = None) -> go.Figure:
+    """Validation accuracy per epoch read from the matrices (E, K, K), and each class's recall.
+
+    Accuracy is the diagonal over the total; a class's recall is its diagonal cell over its
+    row. ``epoch`` (1-based) is marked with a line, ``best_epoch`` with a dashed one.
+    """
+    matrices = np.asarray(matrices, dtype=np.float64)
+    epochs = np.arange(1, len(matrices) + 1)
+    diagonal = np.diagonal(matrices, axis1=1, axis2=2)
+    accuracy = diagonal.sum(1) / np.maximum(matrices.sum((1, 2)), 1)
+    recall = diagonal / np.maximum(matrices.sum(2), 1)
+    fig = go.Figure()
+    for k, name in enumerate(classes):
+        fig.add_scatter(x=epochs, y=recall[:, k], name=name, mode="lines", line={"width": 1},
+                        opacity=0.6, hovertemplate=f"{name}: %{{y:.1%}}<extra></extra>")
+    fig.add_scatter(x=epochs, y=accuracy, name="all classes", mode="lines+markers",
+                    line={"color": "#222222", "width": 3},
+                    hovertemplate="accuracy: %{y:.1%}<extra></extra>")
+    if best_epoch:
+        fig.add_vline(x=best_epoch, line_dash="dash", line_color=BEST_COLOUR,
+                      annotation_text=f"best {best_epoch}", annotation_position="bottom right")
+    if epoch:
+        fig.add_vline(x=epoch, line_color=VAL_COLOUR, line_width=2,
+                      annotation_text=f"epoch {epoch}", annotation_position="top left")
+    fig.update_layout(title="Validation accuracy (thick) and each class's recall", hovermode="x unified",
+                      xaxis={"title": "epoch", "range": [0.5, len(epochs) + 0.5],
+                             "dtick": 1 if len(epochs) <= 20 else None},
+                      yaxis={"title": None, "tickformat": ".0%", "range": [0, 1]},
+                      legend={"font": {"size": 11}}, margin={"t": 50, "b": 10}, height=400)
+    return fig
+
+
+def comparison_curves_figure(curves: pd.DataFrame, metric: str = "val_acc") -> go.Figure:
+    """One line per run of ``metric`` (val_acc or val_loss) per epoch; ``curves`` is long
+    format with columns run, epoch and the metric (``compare.curves_frame``)."""
+    accuracy = metric.endswith("acc")
+    fig = px.line(curves, x="epoch", y=metric, color="run", markers=True,
+                  title="Validation accuracy" if accuracy else "Validation loss")
+    fig.update_traces(hovertemplate="%{y:.4f}<extra>%{fullData.name}</extra>")
+    fig.update_layout(yaxis={"title": None, "tickformat": ".0%" if accuracy else None,
+                             "rangemode": "tozero"},
+                      legend={"orientation": "h", "y": -0.25, "title": None},
+                      margin={"t": 50, "b": 10}, hovermode="x unified")
+    return fig
+
+
+# --- where the model looked ------------------------------------------------------
+
+# Anchor colours of a dark-blue -> cyan -> yellow -> red map, like the usual "jet" of
+# Grad-CAM papers but without its black and its dark ends.
+_HEAT_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+_HEAT_COLOURS = np.array([[48, 18, 120], [40, 140, 230], [90, 220, 110], [250, 200, 40],
+                          [220, 30, 20]], dtype=np.float64)
+
+
+def colourize(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] (any shape) to RGB uint8 (..., 3) on the heat scale."""
+    v = np.clip(np.asarray(values, dtype=np.float64), 0, 1)
+    rgb = [np.interp(v, _HEAT_STOPS, _HEAT_COLOURS[:, c]) for c in range(3)]
+    return np.uint8(np.round(np.stack(rgb, axis=-1)))
+
+
+def overlay_heatmap(image: np.ndarray, heat: np.ndarray, strength: float = 0.65) -> np.ndarray:
+    """The image (H, W, 3) uint8 with ``heat`` (H, W) in [0, 1] painted over it.
+
+    Colour covers each pixel in proportion to its heat, so cold places show the
+    picture and hot ones the heat colour.
+    """
+    alpha = strength * np.clip(np.asarray(heat, dtype=np.float64), 0, 1)[..., None]
+    blended = (1 - alpha) * image.astype(np.float64) + alpha * colourize(heat)
+    return np.uint8(np.round(blended))
+
+
+def explanation_figure(panels: Sequence[tuple[str, np.ndarray]], height: int = 300) -> go.Figure:
+    """RGB images (H, W, 3) side by side, each with its title, pixels drawn as squares."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for t, _ in panels],
+                        horizontal_spacing=0.03)
+    for i, (_title, image) in enumerate(panels, start=1):
+        fig.add_trace(go.Image(z=np.asarray(image), hoverinfo="skip"), row=1, col=i)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, scaleanchor="x")
+    fig.update_annotations(font_size=13)
+    fig.update_layout(height=height, margin={"t": 40, "b": 0, "l": 0, "r": 0})
+    return fig
+
+
+def feature_grid(maps: np.ndarray, columns: int = 8, scale: int = 1, gap: int = 2) -> np.ndarray:
+    """Feature maps (C, H, W) as one RGB uint8 image, ``columns`` per row.
+
+    Each map is scaled by its own maximum (the activations after a ReLU are >= 0; maps
+    of other activations are shifted to start at 0), so a channel that does not fire
+    for this image is all dark and one that fires anywhere shows where.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    c, h, w = maps.shape
+    low = np.minimum(maps.reshape(c, -1).min(1), 0).reshape(c, 1, 1)
+    shifted = maps - low
+    top = shifted.reshape(c, -1).max(1).reshape(c, 1, 1)
+    tiles = colourize(np.where(top > 0, shifted / np.maximum(top, 1e-12), 0))
+    rows = -(-c // columns)
+    big_h, big_w = h * scale, w * scale
+    grid = np.full((rows * big_h + (rows - 1) * gap, min(c, columns) * (big_w + gap) - gap, 3),
+                   255, dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        top_row, left = (i // columns) * (big_h + gap), (i % columns) * (big_w + gap)
+        grid[top_row:top_row + big_h, left:left + big_w] = upscale(tile, scale)
+    return grid
+
+
+# --- experiments -----------------------------------------------------------------
+
+def arms_curves_figure(arms: Sequence[tuple[str, Sequence[Mapping[str, float]]]],
+                       with_train: bool = False) -> go.Figure:
+    """Validation accuracy per epoch, one line per arm; ``with_train`` adds dashed train lines."""
+    rows = []
+    for label, history in arms:
+        for r in history:
+            rows.append({"arm": label, "epoch": r["epoch"], "accuracy": r["val_acc"], "split": "validation"})
+            if with_train:
+                rows.append({"arm": label, "epoch": r["epoch"], "accuracy": r["train_acc"], "split": "train"})
+    frame = pd.DataFrame(rows)
+    fig = px.line(frame, x="epoch", y="accuracy", color="arm", markers=True,
+                  line_dash="split" if with_train else None)
+    fig.update_layout(yaxis={"tickformat": ".0%", "title": None}, height=340,
+                      legend={"orientation": "h", "y": -0.25, "title": None},
+                      margin={"t": 20, "b": 10}, hovermode="x unified")
+    return fig
+
+
+def grad_norms_figure(arms: Sequence[tuple[str, Sequence[Mapping[str, float]]]]) -> go.Figure:
+    """Mean gradient norm per layer in the last epoch, input to output, on a log scale."""
+    rows = []
+    for label, norms in arms:
+        if not norms:
+            continue
+        last = norms[-1]
+        rows += [{"arm": label, "layer": k, "gradient norm": v} for k, v in last.items() if k != "epoch"]
+    fig = px.line(pd.DataFrame(rows), x="layer", y="gradient norm", color="arm", markers=True, log_y=True)
+    fig.update_layout(height=340, legend={"orientation": "h", "y": -0.3, "title": None},
+                      margin={"t": 20, "b": 10}, xaxis={"title": "layer (input -> output)"})
+    return fig
