@@ -12,11 +12,28 @@ from PIL import Image
 import app_state
 from cifar_core import plots
 from cifar_core.bundled import DEFAULT_CLASSES
+from cifar_core.explain import feature_maps, gradcam, saliency
 from cifar_core.inference import ImageError, Prediction, decode_image, predict_pixels, to_cifar
 from cifar_core.runs import Run, RunError
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]
 THUMBNAIL = (320, 320)
+METHODS = ("Grad-CAM", "Saliency (SmoothGrad)")
+HELP_EXPLAIN = (
+    "**Grad-CAM** asks the last convolution layer which of its feature maps raise the score of a "
+    "class, and paints the places where those maps fire: warm colours are where the evidence "
+    "for that class is. It is as coarse as that layer: the baseline's last layer is only 4×4 "
+    "cells, each looking at an 18×18-pixel patch, so expect a few soft blobs, not an outline. "
+    "An earlier layer gives a sharper map that follows edges, but says less about the class. "
+    "**Saliency** is the gradient of the class score with respect to each pixel, averaged over "
+    "a few noisy copies of the image: pixel-sharp, but on these small networks it scatters "
+    "over object and background alike and hardly changes from one class to another, which is "
+    "why Grad-CAM is shown first.")
+HELP_FEATURES = (
+    "Every convolution turns the image into as many feature maps as it has filters. Each "
+    "small square is one map, bright where that filter found its pattern, dark where it did "
+    "not (each scaled on its own). The first layer's maps still look like the photo (edges, "
+    "colours); deeper maps are smaller and more abstract: parts and textures, then class evidence.")
 
 
 @dataclass(frozen=True)
@@ -92,7 +109,9 @@ def show_picture(picture: Picture, prediction: Prediction | None, top_k: int, in
                             key=f"p.top_k.{index}")
 
 
-def upload_mode(model: torch.nn.Module, classes: tuple[str, ...], tta_flip: bool, top_k: int) -> None:
+def upload_mode(model: torch.nn.Module, classes: tuple[str, ...], tta_flip: bool,
+                top_k: int) -> list[tuple[Prediction, str | None]]:
+    """Classify the uploads; returns (prediction, None) for each readable one."""
     files = st.file_uploader(
         "Pictures to classify", type=IMAGE_TYPES, accept_multiple_files=True, key="p.files",
         help="PNG, JPEG, WebP, BMP or GIF (first frame), up to 20 MB and 40 megapixels each.")
@@ -101,17 +120,20 @@ def upload_mode(model: torch.nn.Module, classes: tuple[str, ...], tta_flip: bool
             "Each picture is cut to a centred square and shrunk to 32×32 pixels, like a CIFAR-10 "
             "image, before the model sees it. Photos where the object fills the frame work best. "
             "The model only knows its 10 classes, so anything else is forced into one of them.")
-        return
+        return []
     pictures = [read_picture(f.name, f.getvalue()) for f in files]
     predictions = classify(model, pictures, classes, tta_flip)
     for index, (picture, prediction) in enumerate(zip(pictures, predictions, strict=True)):
         show_picture(picture, prediction, top_k, index)
+    return [(p, None) for p in predictions if p is not None]
 
 
-def test_images_mode(model: torch.nn.Module, classes: tuple[str, ...], tta_flip: bool) -> None:
+def test_images_mode(model: torch.nn.Module, classes: tuple[str, ...],
+                     tta_flip: bool) -> list[tuple[Prediction, str | None]]:
+    """Classify random test images; returns (prediction, true class) for each."""
     data = app_state.get_data()
     if data is None:
-        return
+        return []
     left, right = st.columns([4, 1], vertical_alignment="bottom")
     n = left.slider("How many test images", 4, 36, 12, step=4, key="p.n")
     if right.button("New images", icon=":material/shuffle:", key="p.shuffle"):
@@ -125,14 +147,79 @@ def test_images_mode(model: torch.nn.Module, classes: tuple[str, ...], tta_flip:
     st.markdown(f"**{correct} of {len(index)} correct** on images the model never trained on.")
     per_row = 6
     for start in range(0, len(predictions), per_row):
-        for col, prediction, true in zip(st.columns(per_row), predictions[start:start + per_row],
-                                         truth[start:start + per_row], strict=False):
+        for number, col, prediction, true in zip(
+                range(start + 1, start + per_row + 1), st.columns(per_row),
+                predictions[start:start + per_row], truth[start:start + per_row], strict=False):
             label, probability = prediction.top(1)[0]
-            col.image(plots.upscale(prediction.pixels, 4))
+            col.image(plots.upscale(prediction.pixels, 4), caption=f"#{number}")
             if label == true:
                 col.markdown(f":green[**✓ {label}**] {probability:.0%}")
             else:
                 col.markdown(f":red[**✗ {label}**] {probability:.0%}  \ntrue class: {true}")
+    return list(zip(predictions, truth, strict=True))
+
+
+# --- where the model looked -------------------------------------------------------------
+
+def explain_section(model: torch.nn.Module, items: list[tuple[Prediction, str | None]],
+                    classes: tuple[str, ...]) -> None:
+    """Grad-CAM (or saliency) for one chosen image, its predicted class and a class the user picks;
+    then the feature maps of every conv layer for that image."""
+    st.subheader("Where the model looked")
+    names = [f"{p.name}: predicted {p.label} ({p.top(1)[0][1]:.0%})" if true is None else
+             f"#{i + 1}, {p.name}: predicted {p.label} ({p.top(1)[0][1]:.0%}), true class {true}"
+             for i, (p, true) in enumerate(items)]
+    choice = st.selectbox("Image", range(len(items)), key="p.explain_image", format_func=names.__getitem__,
+                          help="Which of the pictures above to look into.")
+    prediction, true = items[min(choice, len(items) - 1)]
+    predicted = classes.index(prediction.label)
+    ranked = list(np.argsort(-prediction.probabilities))
+    # The other class to show: the true one when the answer is wrong, else the runner-up.
+    default = classes.index(true) if true is not None and true != prediction.label else int(ranked[1])
+    convs = [name for name, _ in model.conv_layers()]
+    a, b, c = st.columns([2, 2, 1])
+    pick = a.selectbox("Compare with class", range(len(classes)), index=default,
+                       format_func=lambda k: f"{classes[k]} ({prediction.probabilities[k]:.0%})",
+                       key=f"p.explain_class.{prediction.name}",
+                       help="Where the evidence for another class is; the true class when the "
+                            "answer is wrong, else the second most likely, until you choose.")
+    method = b.radio("Method", METHODS, horizontal=True, key="p.explain_method")
+    layer = c.selectbox("Layer", convs, index=len(convs) - 1, key="p.explain_layer",
+                        disabled=method != METHODS[0],
+                        help="Grad-CAM's layer: the last conv layer by default (most about the "
+                             "class, coarsest); earlier ones are sharper.")
+    if layer not in convs:
+        layer = convs[-1]
+
+    def heat(k: int) -> np.ndarray:
+        if method == METHODS[0]:
+            return gradcam(model, prediction.pixels, k, layer)
+        return saliency(model, prediction.pixels, k)
+
+    short = "Grad-CAM" if method == METHODS[0] else "Saliency"
+    panels = [("The image (32×32)", prediction.pixels),
+              (f"{short}: {classes[predicted]} (predicted, {prediction.probabilities[predicted]:.0%})",
+               plots.overlay_heatmap(prediction.pixels, heat(predicted)))]
+    if pick != predicted:
+        panels.append((f"{short}: {classes[pick]} ({prediction.probabilities[pick]:.0%})",
+                       plots.overlay_heatmap(prediction.pixels, heat(pick))))
+    st.plotly_chart(plots.explanation_figure(panels), width="stretch", key="p.explain",
+                    config={"displayModeBar": False})
+    st.caption("Warm colours (yellow to red) mark where the evidence for that class is; where the "
+               "picture shows through untinted, the class found nothing. " + HELP_EXPLAIN)
+
+    st.markdown("##### What each convolution layer saw")
+    maps = feature_maps(model, prediction.pixels)
+    most = max(len(m) for m in maps.values())
+    shown = st.slider("Feature maps per layer", 8, max(8, min(64, most)), min(16, most), step=8,
+                      key="p.explain_channels", disabled=most <= 8)
+    for name, layer_maps in maps.items():
+        channels, height, width = layer_maps.shape
+        scale = max(1, round(60 / height))  # tiles of about 60 pixels whatever the layer's size
+        st.image(plots.feature_grid(layer_maps[:shown], columns=16, scale=scale, gap=3),
+                 caption=f"{name}: the first {min(shown, channels)} of {channels} maps, "
+                         f"{height}×{width} each")
+    st.caption(HELP_FEATURES)
 
 
 # --- the page ---------------------------------------------------------------------------
@@ -148,6 +235,8 @@ if chosen is not None:
     if mode == "Upload your own":
         top_k = right.slider("Classes to show", 1, len(classes), 5, key="p.top_k",
                              help="How many of the most likely classes each chart lists.")
-        upload_mode(model, classes, run.train_config.tta_flip, top_k)
+        shown = upload_mode(model, classes, run.train_config.tta_flip, top_k)
     else:
-        test_images_mode(model, classes, run.train_config.tta_flip)
+        shown = test_images_mode(model, classes, run.train_config.tta_flip)
+    if shown:
+        explain_section(model, shown, classes)
