@@ -7,15 +7,26 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
+import app_state
 from app_state import get_data, load_model, trained_runs
 from cifar_core.bundled import MODELS_DIR
+from cifar_core.compare import config_diff, curves_frame, format_value, leaderboard
 from cifar_core.data import CifarData
 from cifar_core.evaluation import Evaluation, evaluate
 from cifar_core.jobs import get_registry
-from cifar_core.plots import confusion_figure, per_class_figure, upscale
-from cifar_core.runs import WEIGHTS_FILE, Run, RunError
+from cifar_core.plots import (
+    add_cell_picker,
+    comparison_curves_figure,
+    confusion_change_figure,
+    confusion_figure,
+    epoch_accuracy_figure,
+    per_class_figure,
+    upscale,
+)
+from cifar_core.runs import WEIGHTS_FILE, Run, RunError, list_runs
 
 SPLITS = {"val": "Validation", "test": "Test"}
 EVALUABLE = ("finished", "stopped", "interrupted")
@@ -41,7 +52,18 @@ HELP_PER_CLASS = (
 HELP_MISTAKES = (
     "Wrong answers, the most confident first: these are the images the network was surest "
     "about and still got wrong. They often show what it really learned (backgrounds, colours) "
-    "or a label that is debatable.")
+    "or a label that is debatable. Choose a true and a predicted class, or click a cell of "
+    "the confusion matrix above, to see the images behind that cell; a cell on the diagonal "
+    "shows the right answers it was surest of. Set a class back to *any* to see mistakes only.")
+HELP_EPOCHS = (
+    "After every epoch, training classified the validation images and kept the confusion "
+    "matrix. Move the slider to see how the answers changed: early on most images fall into "
+    "a few columns (the network answers the same class for almost everything), then the "
+    "diagonal fills in. The right-hand matrix shows the change from the epoch before: green "
+    "is progress (more right answers, or fewer of a mistake), red is the opposite.")
+HELP_COMPARE = (
+    "Pick runs to put side by side: their validation curves, the settings in which they "
+    "differ, and their results. The leaderboard below lists every run in the runs folder.")
 
 
 # --- which run, and its evaluation (computed once per run, split and weights) ------
@@ -129,15 +151,78 @@ def show_accuracy(result: Evaluation, run: Run, split: str) -> None:
                    "share of the test set; here it is scored on the whole split.")
 
 
+def pick_cell(classes: tuple[str, ...]) -> None:
+    """Callback of a click on the confusion matrix: show that cell's images in the gallery."""
+    event = st.session_state.get("eval.confusion")
+    points = (event or {}).get("selection", {}).get("points", [])
+    if points and points[0].get("x") in classes and points[0].get("y") in classes:
+        st.session_state["eval.true"] = points[0]["y"]
+        st.session_state["eval.predicted"] = points[0]["x"]
+
+
 def show_confusion(result: Evaluation, split: str) -> None:
     st.subheader("Confusion matrix")
     normalized = st.toggle("Row shares instead of counts", key="eval.normalize",
                            help="Divide each row by its total, so classes compare on the same scale.")
     fig = confusion_figure(result.confusion(normalize=normalized), result.classes, normalized,
                            title=f"{SPLITS[split]} set: true class (rows) vs prediction (columns)")
-    st.plotly_chart(fig, width="stretch", key="eval.confusion")
+    add_cell_picker(fig, result.classes)
+    st.plotly_chart(fig, width="stretch", key="eval.confusion", on_select=lambda: pick_cell(result.classes),
+                    selection_mode="points")
+    st.caption("Click a cell to see its images below, the most confident first.")
     with st.expander("How to read a confusion matrix"):
         st.markdown(HELP_CONFUSION)
+
+
+def matrix_accuracy(matrix: np.ndarray) -> float:
+    """The share of right answers in a confusion matrix: its diagonal over its total."""
+    return float(np.trace(matrix) / max(matrix.sum(), 1))
+
+
+def show_epochs(run: Run, classes: tuple[str, ...]) -> None:
+    """The validation confusion matrix after each epoch, what changed, and accuracy per epoch."""
+    st.subheader("The confusion matrix through training")
+    matrices = run.val_confusions()
+    if matrices is None or matrices.ndim != 3 or len(matrices) == 0:
+        st.info("This run has no confusion matrices per epoch (runs trained before they were "
+                "recorded, and the bundled models, only have the final one).")
+        return
+    epochs = len(matrices)
+    best = int(run.metrics.get("best_epoch") or 0) or None
+    if epochs > 1:
+        if st.session_state.get("eval.epoch_run") != str(run.path) or \
+                st.session_state.get("eval.epoch", 0) > epochs:
+            st.session_state["eval.epoch"] = epochs  # another run: start at its last epoch
+            st.session_state["eval.epoch_run"] = str(run.path)
+        epoch = st.slider("Epoch", 1, epochs, key="eval.epoch",
+                          help="The validation matrix after this epoch of training.")
+    else:
+        epoch = 1
+        st.caption("This run trained for one epoch: there is one matrix and nothing to compare it with.")
+    current = matrices[epoch - 1]
+    images = int(current.sum())
+    accuracy = matrix_accuracy(current)
+    cols = st.columns(3)
+    cols[0].metric(f"Validation accuracy after epoch {epoch}", f"{accuracy:.1%}",
+                   delta=(f"{100 * (accuracy - matrix_accuracy(matrices[epoch - 2])):+.1f} points "
+                          f"since epoch {epoch - 1}" if epoch > 1 else None))
+    cols[1].metric("Right answers", f"{int(np.trace(current)):,} / {images:,}")
+    if best:
+        cols[2].metric("Best epoch (saved weights)", f"{best}",
+                       help="The epoch whose weights were kept; the rest of this page uses them.")
+    left, right = st.columns(2)
+    left.plotly_chart(confusion_figure(current, classes, title=f"After epoch {epoch}"),
+                      width="stretch", key="eval.epoch_confusion")
+    if epoch > 1:
+        right.plotly_chart(confusion_change_figure(current, matrices[epoch - 2], classes,
+                                                   title=f"Change from epoch {epoch - 1} to {epoch}"),
+                           width="stretch", key="eval.epoch_change")
+    else:
+        right.info("Epoch 1 has no epoch before it: move the slider to see what each epoch changed.")
+    st.plotly_chart(epoch_accuracy_figure(matrices, classes, epoch, best), width="stretch",
+                    key="eval.epoch_accuracy")
+    st.caption(HELP_EPOCHS + f" These are the {images:,} validation images used while training"
+               + (" (a share matching the training subset)." if run.config.get("subset") else "."))
 
 
 def show_per_class(result: Evaluation) -> None:
@@ -161,13 +246,23 @@ def show_mistakes(result: Evaluation, images: np.ndarray) -> None:
     true_name = a.selectbox("True class", names, key="eval.true")
     predicted_name = b.selectbox("Predicted as", names, key="eval.predicted")
     limit = c.slider("How many", 8, 64, 24, step=8, key="eval.limit")
-    mistakes = result.mistakes(None if true_name == "any" else names.index(true_name) - 1,
-                               None if predicted_name == "any" else names.index(predicted_name) - 1,
-                               limit=limit)
-    if mistakes.empty:
-        st.info("No mistakes with these classes.")
-        return
-    rows = mistakes.to_dict("records")
+    if true_name != "any" and predicted_name != "any":
+        rows = cell_images(result, names.index(true_name) - 1, names.index(predicted_name) - 1, limit)
+        if not rows:
+            st.info(f"No {true_name} images were predicted as {predicted_name}.")
+            return
+        what = "right answers" if true_name == predicted_name else "images"
+        total = cell_count(result, true_name, predicted_name)
+        st.markdown(f"**{true_name} predicted as {predicted_name}**: {what} in this cell, the most "
+                    f"confident first ({len(rows)} shown of {total:,}).")
+    else:
+        mistakes = result.mistakes(None if true_name == "any" else names.index(true_name) - 1,
+                                   None if predicted_name == "any" else names.index(predicted_name) - 1,
+                                   limit=limit)
+        if mistakes.empty:
+            st.info("No mistakes with these classes.")
+            return
+        rows = mistakes.to_dict("records")
     for start in range(0, len(rows), GALLERY_COLUMNS):
         for column, row in zip(st.columns(GALLERY_COLUMNS), rows[start:start + GALLERY_COLUMNS],
                                strict=False):
@@ -175,32 +270,117 @@ def show_mistakes(result: Evaluation, images: np.ndarray) -> None:
                          caption=f"{row['true']} → {row['predicted']} ({row['confidence']:.0%})")
 
 
+def cell_images(result: Evaluation, true_class: int, predicted_class: int, limit: int) -> list[dict]:
+    """The gallery rows of one confusion-matrix cell, most confident first (Evaluation.pair)."""
+    index = result.pair(true_class, predicted_class, limit=limit)
+    return [{"index": int(i), "true": result.classes[true_class],
+             "predicted": result.classes[predicted_class],
+             "confidence": float(result.probabilities[i, predicted_class])} for i in index]
+
+
+def cell_count(result: Evaluation, true_name: str, predicted_name: str) -> int:
+    t, p = result.classes.index(true_name), result.classes.index(predicted_name)
+    return int(((result.labels == t) & (result.predicted == p)).sum())
+
+
+# --- run comparison -----------------------------------------------------------------
+
+def all_runs() -> list[Run]:
+    """Every readable run in the runs folder (newest first), then the bundled models."""
+    return list_runs() + app_state.bundled_runs()
+
+
+def compare_view() -> None:
+    runs = all_runs()
+    if not runs:
+        st.info("No runs yet: train one on the **Train** page to compare it with others.")
+        return
+    st.caption(HELP_COMPARE)
+    by_path = {str(run.path): run for run in runs}
+    stored = [p for p in st.session_state.get("eval.compare", []) if p in by_path]
+    st.session_state["eval.compare"] = stored if "eval.compare" in st.session_state else list(by_path)[:3]
+    chosen = st.multiselect("Runs to compare", list(by_path), key="eval.compare",
+                            format_func=lambda p: run_label(by_path[p]),
+                            placeholder="Choose two or more runs")
+    selected = [by_path[p] for p in chosen]
+    if selected:
+        curves = curves_frame(selected)
+        if curves.empty:
+            st.info("None of these runs has finished an epoch yet.")
+        else:
+            left, right = st.columns(2)
+            left.plotly_chart(comparison_curves_figure(curves, "val_acc"), width="stretch",
+                              key="eval.compare_acc")
+            right.plotly_chart(comparison_curves_figure(curves, "val_loss"), width="stretch",
+                               key="eval.compare_loss")
+        figures_of = leaderboard(selected)
+        st.markdown("##### Results")
+        show_leaderboard(figures_of, "eval.compare_results")
+        st.markdown("##### Settings that differ")
+        diff = config_diff(selected)
+        if len(selected) < 2:
+            st.caption("Choose a second run to see how their settings differ.")
+        elif diff.empty:
+            st.caption("These runs have exactly the same settings (only their seeds of chance "
+                       "or their start times differ).")
+        else:
+            st.dataframe(diff.map(format_value).reset_index(), hide_index=True, width="stretch",
+                         key="eval.config_diff", height=35 * (len(diff) + 1) + 3)
+    st.markdown("##### Leaderboard: every run, best validation accuracy first")
+    show_leaderboard(leaderboard(runs), "eval.leaderboard")
+
+
+def show_leaderboard(frame: pd.DataFrame, key: str) -> None:
+    """A leaderboard frame as a table: accuracies in percent, 'all' for the whole training set."""
+    shown = frame.assign(
+        val_acc=frame["val_acc"] * 100, test_acc=frame["test_acc"] * 100,
+        images=[f"{int(v):,}" if v == v else "all" for v in frame["images"]])
+    st.dataframe(shown, hide_index=True, width="stretch", key=key,
+                 height=35 * (len(shown) + 1) + 3 if len(shown) <= 15 else "auto", column_config={
+        "val_acc": st.column_config.NumberColumn("val acc", format="%.1f%%"),
+        "test_acc": st.column_config.NumberColumn("test acc", format="%.1f%%"),
+        "images": st.column_config.TextColumn("train images",
+                                              help="How many training images the run used"),
+        "images_per_second": st.column_config.NumberColumn("images/s", format="%.0f"),
+        "train_seconds": st.column_config.NumberColumn("train s", format="%.1f"),
+    })
+
+
 # --- the page ---------------------------------------------------------------------
+
+def one_run_view() -> None:
+    runs = [r for r in trained_runs() if r.status in EVALUABLE or Path(r.path).parent == MODELS_DIR]
+    if not runs:
+        st.info("No trained networks yet, and no pretrained models are bundled with this copy of the "
+                "app. Train one first; even a quick run on a few thousand images will do.")
+        st.page_link("app_pages/train.py", label="Go to the Train page", icon=":material/model_training:")
+        return
+    data = get_data()
+    if data is None:
+        return
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    with left:
+        run = choose_run(runs)
+    split = right.radio("Images", list(SPLITS), format_func=SPLITS.get, index=1, horizontal=True,
+                        key="eval.split", help=HELP_SPLIT)
+    try:
+        result = get_evaluation(run, split, data)
+    except (RunError, OSError, RuntimeError, ValueError) as err:
+        # Weights from a different network shape, a file removed under us: say so, keep serving.
+        st.error(f"Could not evaluate {run.name}: {err}")
+        return
+    show_accuracy(result, run, split)
+    show_confusion(result, split)
+    show_mistakes(result, data.split(split)[0])  # right under the matrix whose cells pick them
+    show_per_class(result)
+    show_epochs(run, result.classes)
+
 
 st.title("Evaluate")
 st.caption("How well a trained network does on images it never learned from: overall, class by "
-           "class, and the mistakes it is surest about.")
-runs = [r for r in trained_runs() if r.status in EVALUABLE or Path(r.path).parent == MODELS_DIR]
-if not runs:
-    st.info("No trained networks yet, and no pretrained models are bundled with this copy of the "
-            "app. Train one first; even a quick run on a few thousand images will do.")
-    st.page_link("app_pages/train.py", label="Go to the Train page", icon=":material/model_training:")
-    st.stop()
-data = get_data()
-if data is None:
-    st.stop()
-left, right = st.columns([3, 1], vertical_alignment="bottom")
-with left:
-    run = choose_run(runs)
-split = right.radio("Images", list(SPLITS), format_func=SPLITS.get, index=1, horizontal=True,
-                    key="eval.split", help=HELP_SPLIT)
-try:
-    result = get_evaluation(run, split, data)
-except (RunError, OSError, RuntimeError, ValueError) as err:
-    # Weights from a different network shape, a file removed under us: say so, keep serving.
-    st.error(f"Could not evaluate {run.name}: {err}")
-    st.stop()
-show_accuracy(result, run, split)
-show_confusion(result, split)
-show_per_class(result)
-show_mistakes(result, data.split(split)[0])
+           "class, and the mistakes it is surest about; and how runs compare.")
+tab_run, tab_compare = st.tabs(["One run", "Compare runs"])
+with tab_run:
+    one_run_view()
+with tab_compare:
+    compare_view()

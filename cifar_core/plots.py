@@ -213,15 +213,24 @@ def add_cell_picker(fig: go.Figure, classes: Sequence[str]) -> go.Figure:
 
     Streamlit's plotly selection events carry nothing for heatmap traces, so an invisible
     marker sits on every cell; a click selects it and the selection names the cell
-    (x: predicted class, y: true class). The heatmap stays trace 0.
+    (x: predicted class, y: true class). Plotly only reports clicks on points that can
+    be hovered, so the markers take over the heatmap's hover text. The heatmap stays trace 0.
     """
     labels = list(classes)
     n = len(labels)
+    heatmap = fig.data[0]
+    z = np.asarray(heatmap.z)
+    template = heatmap.hovertemplate or ""
+    value = "%{customdata:.0%}" if "%{z:.0%}" in template else "%{customdata:,}"
     fig.add_scatter(x=[labels[j] for _ in range(n) for j in range(n)],
                     y=[labels[i] for i in range(n) for _ in range(n)],
-                    mode="markers", name="cells", showlegend=False, hoverinfo="skip",
+                    customdata=z.ravel(), mode="markers", name="cells", showlegend=False,
+                    hovertemplate=f"true: %{{y}}<br>predicted: %{{x}}<br>{value}<br>"
+                                  "click to see these images<extra></extra>",
                     marker={"symbol": "square", "size": 28, "color": "rgba(0,0,0,0)"},
                     selected={"marker": {"opacity": 1}}, unselected={"marker": {"opacity": 1}})
+    heatmap.hoverinfo = "skip"
+    heatmap.hovertemplate = None
     fig.update_layout(clickmode="event+select", dragmode=False)
     return fig
 
@@ -242,7 +251,7 @@ def confusion_change_figure(current: np.ndarray, previous: np.ndarray, classes: 
         z=good, x=labels, y=labels, zmin=-top, zmax=top, text=text, texttemplate="%{text}",
         customdata=delta, colorscale=[[0, "#c0392b"], [0.5, "#ffffff"], [1, "#1e8449"]],
         hovertemplate="true: %{y}<br>predicted: %{x}<br>change: %{customdata:+,}<extra></extra>",
-        colorbar={"title": "better", "tickvals": [-top, 0, top], "ticktext": ["worse", "same", "better"]}))
+        colorbar={"tickvals": [-top, 0, top], "ticktext": ["worse", "same", "better"]}))
     fig.update_layout(title=title, height=560, margin={"t": 50, "b": 10},
                       xaxis={"title": "predicted class", "side": "bottom", "constrain": "domain"},
                       yaxis={"title": "true class", "autorange": "reversed", "scaleanchor": "x"})
@@ -284,13 +293,24 @@ def epoch_accuracy_figure(matrices: np.ndarray, classes: Sequence[str], epoch: i
 
 def comparison_curves_figure(curves: pd.DataFrame, metric: str = "val_acc") -> go.Figure:
     """One line per run of ``metric`` (val_acc or val_loss) per epoch; ``curves`` is long
-    format with columns run, epoch and the metric (``compare.curves_frame``)."""
+    format with columns run, epoch and the metric (``compare.curves_frame``).
+
+    A loss that spans more than a factor of 20 (one run that diverged at first) is drawn
+    on a log scale, so the other runs do not flatten into a line at the bottom.
+    """
     accuracy = metric.endswith("acc")
-    fig = px.line(curves, x="epoch", y=metric, color="run", markers=True,
-                  title="Validation accuracy" if accuracy else "Validation loss")
+    values = curves[metric].to_numpy(dtype=float)
+    positive = values[np.isfinite(values) & (values > 0)]
+    log = not accuracy and len(positive) > 0 and positive.max() / positive.min() > 20
+    title = "Validation accuracy" if accuracy else "Validation loss" + (" (log scale)" if log else "")
+    fig = px.line(curves, x="epoch", y=metric, color="run", markers=True, title=title,
+                  color_discrete_sequence=px.colors.qualitative.D3)
     fig.update_traces(hovertemplate="%{y:.4f}<extra>%{fullData.name}</extra>")
-    fig.update_layout(yaxis={"title": None, "tickformat": ".0%" if accuracy else None,
-                             "rangemode": "tozero"},
+    last = int(curves["epoch"].max()) if len(curves) else 1
+    fig.update_layout(xaxis={"title": "epoch", "dtick": 1 if last <= 20 else None},
+                      yaxis={"title": None, "tickformat": ".0%" if accuracy else None,
+                             "type": "log" if log else "linear",
+                             "rangemode": "normal" if log else "tozero"},
                       legend={"orientation": "h", "y": -0.25, "title": None},
                       margin={"t": 50, "b": 10}, hovermode="x unified")
     return fig
@@ -332,7 +352,7 @@ def explanation_figure(panels: Sequence[tuple[str, np.ndarray]], height: int = 3
     for i, (_title, image) in enumerate(panels, start=1):
         fig.add_trace(go.Image(z=np.asarray(image), hoverinfo="skip"), row=1, col=i)
     fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, scaleanchor="x")
+    fig.update_yaxes(visible=False)  # image traces keep square pixels on their own axes
     fig.update_annotations(font_size=13)
     fig.update_layout(height=height, margin={"t": 40, "b": 0, "l": 0, "r": 0})
     return fig

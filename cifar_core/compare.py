@@ -1,0 +1,112 @@
+"""Runs side by side: which settings differ, how they trained, and a leaderboard."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from .runs import Run
+
+LEADERBOARD_COLUMNS = ("run", "preset", "status", "val_acc", "test_acc", "epochs", "images",
+                       "images_per_second", "train_seconds")
+_MISSING = "—"
+
+
+def run_names(runs: Sequence[Run]) -> list[str]:
+    """Folder names, made unique (``name (2)``) when two runs share one, e.g. a bundled model."""
+    names, seen = [], {}
+    for run in runs:
+        count = seen.get(run.name, 0) + 1
+        seen[run.name] = count
+        names.append(run.name if count == 1 else f"{run.name} ({count})")
+    return names
+
+
+def flat_config(run: Run) -> dict[str, object]:
+    """``model.*`` and ``train.*`` settings of a run, then ``preset`` and ``subset``.
+
+    Lists (filters, dropout rates) become tuples so they compare and hash like values.
+    """
+    flat: dict[str, object] = {}
+    for section in ("model", "train"):
+        for key, value in (run.config.get(section) or {}).items():
+            flat[f"{section}.{key}"] = tuple(value) if isinstance(value, list) else value
+    flat["preset"] = run.config.get("preset")
+    flat["subset"] = run.config.get("subset")
+    return flat
+
+
+def config_diff(runs: Sequence[Run]) -> pd.DataFrame:
+    """The settings whose values differ between ``runs``: one row per setting, one column per run.
+
+    Rows are in the order of the configuration (model, train, preset, subset); a
+    setting one run lacks (an older run folder) shows as "—". Fewer than two runs,
+    or runs that agree on everything, give an empty frame with the runs as columns.
+    """
+    names = run_names(runs)
+    flats = [flat_config(run) for run in runs]
+    keys: list[str] = []
+    for flat in flats:
+        keys += [k for k in flat if k not in keys]
+    differing = [k for k in keys
+                 if len({_hashable(flat.get(k, _MISSING)) for flat in flats}) > 1]
+    frame = pd.DataFrame({name: [flat.get(k, _MISSING) for k in differing]
+                          for name, flat in zip(names, flats, strict=True)},
+                         index=pd.Index(differing, name="setting"), dtype=object)
+    return frame
+
+
+def _hashable(value: object) -> object:
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return value if isinstance(value, (str, int, float, bool, tuple, type(None))) else repr(value)
+
+
+def format_value(value: object) -> str:
+    """A setting as a short string for a table: tuples as "32, 64", None as "—"."""
+    if value is None:
+        return _MISSING
+    if isinstance(value, tuple):
+        return ", ".join(format_value(v) for v in value) or "(none)"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def leaderboard(runs: Sequence[Run]) -> pd.DataFrame:
+    """Every run with its figures, best validation accuracy first (runs without one last).
+
+    Columns: run, preset, status, val_acc, test_acc (fractions), epochs (run so far),
+    images (the training subset, or NaN for the full set), images_per_second,
+    train_seconds. Figures a run has not reached yet (a run still going) are NaN.
+    """
+    rows = []
+    for name, run in zip(run_names(runs), runs, strict=True):
+        m = run.metrics
+        epochs = m.get("epochs_run")
+        rows.append({
+            "run": name, "preset": run.config.get("preset") or "custom", "status": run.status,
+            "val_acc": _number(m.get("val_acc")), "test_acc": _number(m.get("test_acc")),
+            "epochs": int(epochs) if isinstance(epochs, int) else len(run.history),
+            "images": _number(run.config.get("subset")),
+            "images_per_second": _number(m.get("images_per_second")),
+            "train_seconds": _number(m.get("train_seconds"))})
+    frame = pd.DataFrame(rows, columns=list(LEADERBOARD_COLUMNS))
+    return frame.sort_values("val_acc", ascending=False, na_position="last",
+                             kind="stable").reset_index(drop=True)
+
+
+def curves_frame(runs: Sequence[Run]) -> pd.DataFrame:
+    """Per-epoch history of several runs in long format: run, epoch, train/val loss and accuracy."""
+    columns = ["run", "epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
+    rows = [{"run": name, **{c: row.get(c, math.nan) for c in columns[1:]}}
+            for name, run in zip(run_names(runs), runs, strict=True) for row in run.history]
+    return pd.DataFrame(rows, columns=columns)
