@@ -21,6 +21,7 @@ from cifar_core.runs import Run, list_runs
 from cifar_core.training import TrainConfig
 
 JOB_KEY = "train.job_id"
+SAVED_SETTINGS = "train.saved_settings"  # {widget key: (its default then, value)}
 REFRESH_SECONDS = 1.0
 
 HELP_EARLY_STOPPING = (
@@ -47,15 +48,21 @@ PHASES = {"waiting": "waiting for a free slot", "preparing": "preparing",
 
 
 def fmt_seconds(seconds: float | None) -> str:
-    """Short on purpose (``42s``, ``3m 05s``, ``1h 12m``): it must fit a narrow metric."""
+    """Short on purpose (``42s``, ``3m 05s``, ``12m``, ``1h 12m``): it must fit a narrow metric.
+
+    Six metrics share a row on the Train page; at 1280 pixels wide ``12m 05s`` is already
+    cut to ``12m …``, so from ten minutes on the seconds are left out.
+    """
     if seconds is None:
         return "–"
     seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds}s"
     minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
+    if minutes < 10:
         return f"{minutes}m {seconds:02d}s"
+    if minutes < 60:
+        return f"{minutes}m"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m"
 
@@ -79,20 +86,39 @@ def show_config(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig) -> 
                      icon=":material/tune:")
 
 
+def restore_setting(key: str, default: int, maximum: int) -> None:
+    """Give a start setting this session's last value, unless its default has changed since.
+
+    Streamlit forgets a widget's state when its page is left, so without this the subset
+    and epochs would fall back to "all images" and the preset's epochs after every visit
+    to another page.
+    """
+    saved = st.session_state.get(SAVED_SETTINGS, {}).get(key)
+    if key not in st.session_state:
+        st.session_state[key] = min(saved[1], maximum) if saved and saved[0] == default else default
+
+
+def save_setting(key: str, default: int, value: int) -> None:
+    st.session_state.setdefault(SAVED_SETTINGS, {})[key] = (default, value)
+
+
 def start_controls(data: CifarData, preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
                    own: JobSnapshot | None) -> None:
     n_train = len(data.y_train)
+    restore_setting("train.subset", 0, n_train)
+    restore_setting("train.epochs", train_cfg.epochs, 500)
     left, middle, right = st.columns([2, 2, 1], vertical_alignment="bottom")
     size = left.number_input(
-        f"Training images (0 = all {n_train:,})", min_value=0, max_value=n_train, value=0,
+        f"Training images (0 = all {n_train:,})", min_value=0, max_value=n_train,
         step=500, key="train.subset",
         help="A quick run on part of the training set: a few thousand images and one or two "
              "epochs take seconds to a minute and show the whole process. Validation and test "
              "sets shrink in proportion.")
-    epochs = middle.number_input("Epochs", min_value=1, max_value=500, value=train_cfg.epochs,
-                                 key="train.epochs",
+    epochs = middle.number_input("Epochs", min_value=1, max_value=500, key="train.epochs",
                                  help="The most epochs to train; early stopping may end sooner. "
                                       "One epoch is one pass over every training image.")
+    save_setting("train.subset", 0, int(size))
+    save_setting("train.epochs", train_cfg.epochs, int(epochs))
     busy = own is not None and own.active
     if right.button("Start training", type="primary", key="train.start", disabled=busy,
                     icon=":material/play_arrow:", width="stretch",
