@@ -108,7 +108,8 @@ def overview(data: CifarData) -> None:
     cols[1].metric("Training images", f"{len(data.y_train):,}")
     cols[2].metric("Validation images", f"{len(data.y_val):,}")
     cols[3].metric("Test images", f"{len(data.y_test):,}")
-    cols[4].metric("Image size", "32 × 32 × 3")
+    cols[4].metric("Image size", "32 × 32",
+                   help="Width × height in pixels; every pixel has 3 colour values (red, green, blue).")
     st.markdown("**The 10 classes:** " + " · ".join(data.classes))
     st.caption(
         "Each image is 32 × 32 pixels with 3 colour channels (red, green, blue), each a whole "

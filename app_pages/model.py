@@ -217,7 +217,7 @@ def network_settings() -> None:
     left, right = st.columns(2)
     left.radio("Padding", ("valid", "same"), horizontal=True, key=K + "padding", help=HELP["padding"])
     right.radio("Pooling", ("max", "avg"), horizontal=True, key=K + "pooling", help=HELP["pooling"])
-    left, right = st.columns(2)
+    left, right = st.columns([2, 3])  # room for the toggle's label beside its switch
     left.selectbox("Activation", ("relu", "gelu", "tanh", "sigmoid"), key=K + "activation",
                    help=HELP["activation"])
     right.toggle("Batch normalisation", key=K + "batch_norm", help=HELP["batch_norm"])
@@ -242,7 +242,7 @@ def network_settings() -> None:
                "minus the log of the probability given to the right class.")
 
     st.markdown("##### Input and starting weights")
-    left, right = st.columns(2)
+    left, right = st.columns([5, 4])  # the toggle's label and both radio options fit at 1280 pixels
     left.toggle("Standardize input", key=K + "standardize_input", help=HELP["standardize_input"])
     right.radio("Initialisation", ("keras", "torch"), horizontal=True, key=K + "init", help=HELP["init"])
 
@@ -333,7 +333,7 @@ def network_view(preset: str, model: ModelConfig) -> None:
                    help="Every weight and bias the optimizer adjusts. Batch norm also keeps running "
                         "averages, which are not parameters.")
     cols[1].metric("Size as float32", f"{total * 4 / 2**20:.2f} MB")
-    cols[2].metric("MFLOPs per image", f"{training_flops(model) / 1e6:,.0f}",
+    cols[2].metric("MFLOPs/image", f"{training_flops(model) / 1e6:,.0f}",
                    help="Approximately how many million arithmetic operations (FLOPs) it takes "
                         "to train on one image once: forward pass, backward pass and update.")
     tab_table, tab_diagram, tab_summary = st.tabs(["Layer table", "Diagram", "Keras-style summary"])
