@@ -417,14 +417,29 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, *,
     """
     source = ensure_dataset(data_dir, download, progress)
     classes, batches = read_batches(source)
-    rows = np.concatenate([batches[name][0] for name in TRAIN_BATCHES])
+    test_rows, test_labels = batches.pop(TEST_BATCH)
+    x_test = to_images(test_rows, channel_order)
+    del test_rows
     labels = np.concatenate([batches[name][1] for name in TRAIN_BATCHES])
-    x_train, x_val, y_train, y_val = train_test_split(
-        to_images(rows, channel_order), labels, test_size=val_fraction,
-        random_state=split_seed, stratify=labels if stratify else None)
-    test_rows, test_labels = batches[TEST_BATCH]
-    return CifarData(x_train, y_train, x_val, y_val, to_images(test_rows, channel_order),
-                     test_labels, classes, source)
+    rows = np.concatenate([batches.pop(name)[0] for name in TRAIN_BATCHES])
+    # Split the indices, then copy each image once into its split: the same result as
+    # train_test_split on the arrays, without holding the 50,000 images three times over
+    # (rows, reordered images, split copies); the peak of loading is about 260 MB lower.
+    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=val_fraction,
+                                          random_state=split_seed, stratify=labels if stratify else None)
+    x_train, x_val = (_images_at(rows, idx, channel_order) for idx in (train_idx, val_idx))
+    return CifarData(x_train, labels[train_idx], x_val, labels[val_idx], x_test, test_labels,
+                     classes, source)
+
+
+def _images_at(rows: np.ndarray, index: np.ndarray, channel_order: ChannelOrder,
+               chunk: int = 4096) -> np.ndarray:
+    """``to_images(rows[index])``, converted a chunk at a time into one preallocated array."""
+    out = np.empty((len(index), 32, 32, 3), dtype=np.uint8)
+    for start in range(0, len(index), chunk):
+        part = index[start:start + chunk]
+        out[start:start + len(part)] = to_images(rows[part], channel_order)
+    return out
 
 
 def subset(data: CifarData, n_train: int, seed: int = 0) -> CifarData:

@@ -210,9 +210,15 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
-                   bf16: bool = False, tta_flip: bool = False, batch_size: int = 1000,
+                   bf16: bool = False, tta_flip: bool = False, batch_size: int | None = None,
                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Logits (float32, on the CPU) for uint8 images (N, 32, 32, 3)."""
+    """Logits (float32, on the CPU) for uint8 images (N, 32, 32, 3).
+
+    Batches default to 250 images on the CPU: the activations of 1,000 took about 270 MB
+    (baseline) to 540 MB (fast) at once, against 70 and 150 MB, and the smaller batches
+    also ran 25% faster (they stay in the cache). GPUs get 1,000.
+    """
+    batch_size = batch_size or (250 if device.type == "cpu" else 1000)
     model.eval()
     images = torch.as_tensor(images)
     out = []
