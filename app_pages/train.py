@@ -11,13 +11,14 @@ import pandas as pd
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from app_state import get_config, get_data
+from app_state import get_config, get_data, run_label, trained_runs
+from cifar_core import export
 from cifar_core.data import CifarData
 from cifar_core.jobs import JobLimitError, JobSnapshot, get_registry
 from cifar_core.model import ConfigError, ModelConfig, build_model, count_parameters
 from cifar_core.plots import training_curves_figure
 from cifar_core.presets import apply_overrides
-from cifar_core.runs import Run, list_runs
+from cifar_core.runs import HISTORY_FILE, WEIGHTS_FILE, Run, list_runs, load_run
 from cifar_core.training import TrainConfig
 
 JOB_KEY = "train.job_id"
@@ -309,6 +310,90 @@ def show_runs() -> None:
                  })
 
 
+# --- downloads ------------------------------------------------------------------------
+
+EXPORT_RUN = "train.export.run"
+EXPORT_ONNX = "train.export.onnx_made"  # "<run folder>:<weights mtime>" once its ONNX file is made
+HELP_ONNX = (
+    "The network in the ONNX format, to run outside this app (onnxruntime, OpenCV, browsers, "
+    "phones). Input `images`: float32 (N, 3, 32, 32), RGB scaled to [0, 1]; output `logits`: "
+    "(N, 10), in the class order stored in the file's metadata. It includes input "
+    "standardisation and, where the run used it, the mirror average, so it gives the "
+    "app's figures.")
+
+
+@st.cache_data(max_entries=2, show_spinner=False)
+def onnx_file(path: str, weights_mtime: float) -> bytes:
+    return export.onnx_bytes(load_run(path))
+
+
+def weights_mtime(run: Run) -> float:
+    try:
+        return (run.path / WEIGHTS_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def show_downloads() -> None:
+    st.subheader("Download a run")
+    runs = {str(run.path): run for run in trained_runs()}
+    if not runs:
+        st.caption("Runs with weights can be downloaded here.")
+        return
+    if st.session_state.get(EXPORT_RUN) not in runs:
+        st.session_state.pop(EXPORT_RUN, None)
+    path = st.selectbox("Run", list(runs), key=EXPORT_RUN, format_func=lambda p: run_label(runs[p]))
+    run = runs[path]
+    matrix, classes = export.test_confusion(run), export.run_classes(run)
+    has_history = (run.path / HISTORY_FILE).exists()
+    title = f"Test confusion matrix: {run.name}"
+    row = st.container(horizontal=True)
+    row.download_button(
+        "Weights (.safetensors)", data=lambda: export.weights_bytes(run),
+        file_name=export.file_name(run, WEIGHTS_FILE), mime="application/octet-stream",
+        on_click="ignore", icon=":material/download:", key="train.export.weights",
+        help="The best epoch's weights as saved by the run; `config.json` in the run folder "
+             "rebuilds the network.")
+    row.download_button(
+        "History (.csv)", data=lambda: export.history_bytes(run), disabled=not has_history,
+        file_name=export.file_name(run, HISTORY_FILE), mime="text/csv", on_click="ignore",
+        icon=":material/download:", key="train.export.history",
+        help="One row per finished epoch: loss and accuracy on training and validation "
+             "images, learning rate, seconds.")
+    row.download_button(
+        "Confusion matrix (.csv)", disabled=matrix is None,
+        data=lambda: export.confusion_csv(matrix, classes),
+        file_name=export.file_name(run, "confusion.csv"), mime="text/csv", on_click="ignore",
+        icon=":material/download:", key="train.export.confusion_csv",
+        help="Test images counted by true class (rows) and predicted class (columns).")
+    row.download_button(
+        "Confusion matrix (.png)", disabled=matrix is None,
+        data=lambda: export.confusion_png(matrix, classes, title),
+        file_name=export.file_name(run, "confusion.png"), mime="image/png", on_click="ignore",
+        icon=":material/download:", key="train.export.confusion_png")
+    onnx_key = f"{run.path}:{weights_mtime(run)}"
+    missing = export.onnx_unavailable()
+    if missing:
+        st.info(missing, icon=":material/info:")
+    elif st.session_state.get(EXPORT_ONNX) == onnx_key:
+        row.download_button("ONNX model (.onnx)", data=onnx_file(str(run.path), weights_mtime(run)),
+                            file_name=export.file_name(run, "model.onnx"),
+                            mime="application/octet-stream", on_click="ignore",
+                            icon=":material/download:", key="train.export.onnx_download", help=HELP_ONNX)
+    elif row.button("Export to ONNX", icon=":material/conversion_path:", key="train.export.onnx",
+                    help=HELP_ONNX):
+        try:
+            with st.spinner("Exporting to ONNX..."):
+                onnx_file(str(run.path), weights_mtime(run))
+        except export.ExportError as err:
+            st.error(str(err), icon=":material/error:")
+        else:
+            st.session_state[EXPORT_ONNX] = onnx_key
+            st.rerun()
+    if matrix is None:
+        st.caption("The confusion matrix is ready once the run has been tested (at its end).")
+
+
 # --- the page -------------------------------------------------------------------------
 
 st.title("Train")
@@ -326,3 +411,4 @@ if shown is not None:
     live_view(shown.id, poll=shown.active)
     other_jobs(shown)
 show_runs()
+show_downloads()
