@@ -13,6 +13,7 @@ import streamlit as st
 
 from cifar_core.bundled import MODELS_DIR, bundled_runs
 from cifar_core.data import CifarData, DataError, load_cifar10
+from cifar_core.deployment import current_profile
 from cifar_core.model import CifarCNN, ModelConfig
 from cifar_core.presets import get_preset
 from cifar_core.runs import WEIGHTS_FILE, Run, list_runs, load_run
@@ -77,7 +78,8 @@ def run_label(run: Run) -> str:
     return f"{run.name} ({run.config.get('preset') or 'custom'}{shown}, {run.status}{bundled})"
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading the model...")
+# Fewer on a small cloud host (cifar_core.deployment): each model holds its weights and buffers.
+@st.cache_resource(max_entries=current_profile().model_cache, show_spinner="Loading the model...")
 def _load_model(path: str, weights_mtime: float) -> CifarCNN:
     return load_run(path).load_model("cpu")
 

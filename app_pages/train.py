@@ -14,6 +14,7 @@ from streamlit.delta_generator import DeltaGenerator
 from app_state import get_config, get_data, run_label, trained_runs
 from cifar_core import export
 from cifar_core.data import CifarData
+from cifar_core.deployment import current_profile
 from cifar_core.jobs import JobLimitError, JobSnapshot, get_registry
 from cifar_core.model import ConfigError, ModelConfig, build_model, count_parameters
 from cifar_core.plots import training_curves_figure
@@ -106,8 +107,11 @@ def save_setting(key: str, default: int, value: int) -> None:
 def start_controls(data: CifarData, preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
                    own: JobSnapshot | None) -> None:
     n_train = len(data.y_train)
-    restore_setting("train.subset", 0, n_train)
-    restore_setting("train.epochs", train_cfg.epochs, 500)
+    profile = current_profile()  # a small cloud host starts with fewer images and epochs
+    default_subset = profile.default_training_images(n_train)
+    default_epochs = profile.default_epochs(train_cfg.epochs)
+    restore_setting("train.subset", default_subset, n_train)
+    restore_setting("train.epochs", default_epochs, 500)
     left, middle, right = st.columns([2, 2, 1], vertical_alignment="bottom")
     size = left.number_input(
         f"Training images (0 = all {n_train:,})", min_value=0, max_value=n_train,
@@ -118,8 +122,12 @@ def start_controls(data: CifarData, preset: str, model_cfg: ModelConfig, train_c
     epochs = middle.number_input("Epochs", min_value=1, max_value=500, key="train.epochs",
                                  help="The most epochs to train; early stopping may end sooner. "
                                       "One epoch is one pass over every training image.")
-    save_setting("train.subset", 0, int(size))
-    save_setting("train.epochs", train_cfg.epochs, int(epochs))
+    save_setting("train.subset", default_subset, int(size))
+    save_setting("train.epochs", default_epochs, int(epochs))
+    if profile.name == "cloud":
+        st.caption(f"Shared cloud server ({profile.reason}): runs start with "
+                   f"{profile.default_subset:,} images and at most {profile.max_default_epochs} epochs, "
+                   "and one run trains at a time. Raise them if you are willing to wait.")
     busy = own is not None and own.active
     if right.button("Start training", type="primary", key="train.start", disabled=busy,
                     icon=":material/play_arrow:", width="stretch",

@@ -4,8 +4,9 @@ The registry is module-level (``get_registry()``), not per browser session, so a
 keeps going when its page is left, its tab closed or its session ends; any session can
 list the jobs, and a session that remembers a job id finds it again, finished or not.
 
-Finished jobs keep their last snapshot (the newest 50), so a page that comes back
-after the end still shows the final curves and figures; the run folder holds the rest.
+Finished jobs keep their last snapshot (the newest 50; 10 in the cloud profile), so a
+page that comes back after the end still shows the final curves and figures; the run
+folder holds the rest.
 
 Policies, and why:
 
@@ -13,14 +14,16 @@ Policies, and why:
   once; further submissions wait in a first-come, first-served queue and start as soon
   as a slot frees. On a 2-core server two runs only slow each other down, and a class
   clicking "Start" at the same moment is better served by a visible queue position than
-  by an error. The queue itself is bounded (``CIFAR_MAX_QUEUED``, default 8; 0 turns
-  queueing off); beyond that ``submit`` raises ``JobLimitError`` with a message for the
-  user. A queued job can be stopped before it ever starts.
+  by an error. The queue itself is bounded (``CIFAR_MAX_QUEUED``, default 8, 2 in the
+  cloud profile of ``cifar_core.deployment``; 0 turns queueing off); beyond that
+  ``submit`` raises ``JobLimitError`` with a message for the user. A queued job can be
+  stopped before it ever starts.
 - **Torch threads.** PyTorch's intra-op thread count is process-wide: a thread that
   calls ``torch.set_num_threads`` changes it for itself and for every thread that first
   uses torch after it (Streamlit starts a new script thread per rerun). Each job sets it
   when it starts to ``CIFAR_TORCH_THREADS`` if given, else
-  ``max(1, (cores - 1) // max_jobs)``: one core stays free for the web server, and
+  ``max(1, (cores - 1) // max_jobs)`` (cores: the host's, or a container's CPU quota
+  where that is lower): one core stays free for the web server, and
   concurrent jobs don't oversubscribe the rest. On a busy 2-core machine this is also
   the fastest choice for training itself: with 2 OpenMP threads, and the other core
   needed elsewhere, a batch waits on the slower thread (measured: about 1,100 images/s
@@ -45,6 +48,7 @@ from typing import Literal
 import torch
 
 from .data import CifarData, DataError, subset
+from .deployment import cpu_quota, current_profile
 from .model import ModelConfig
 from .pipeline import train_run
 from .runs import RunError, default_runs_root, new_run_dir
@@ -55,9 +59,6 @@ log = logging.getLogger(__name__)
 JobStatus = Literal["queued", "running", "finished", "stopped", "failed"]
 ACTIVE_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
 Phase = Literal["waiting", "preparing", "training", "validating", "testing", "done"]
-
-DEFAULT_MAX_QUEUED = 8
-DEFAULT_KEEP_FINISHED = 50
 
 
 class JobLimitError(RuntimeError):
@@ -81,6 +82,9 @@ def default_torch_threads(max_jobs: int) -> int:
     if explicit:
         return _env_int("CIFAR_TORCH_THREADS", 1)
     cores = os.cpu_count() or 1
+    quota = cpu_quota()  # a container's CPU quota, where it is lower than the host's cores
+    if quota:
+        cores = min(cores, quota)
     return max(1, (cores - 1) // max(1, max_jobs))
 
 
@@ -273,12 +277,15 @@ class JobRegistry:
     """All jobs of this process: submit, list, stop; at most ``max_jobs`` train at once."""
 
     def __init__(self, max_jobs: int | None = None, max_queued: int | None = None,
-                 torch_threads: int | None = None, keep_finished: int = DEFAULT_KEEP_FINISHED) -> None:
-        self.max_jobs = max_jobs if max_jobs is not None else _env_int("CIFAR_MAX_JOBS", 1)
+                 torch_threads: int | None = None, keep_finished: int | None = None) -> None:
+        # Defaults come from the deployment profile (cifar_core.deployment); the
+        # environment variables override them.
+        profile = current_profile()
+        self.max_jobs = max_jobs if max_jobs is not None else _env_int("CIFAR_MAX_JOBS", profile.max_jobs)
         self.max_queued = (max_queued if max_queued is not None
-                           else _env_int("CIFAR_MAX_QUEUED", DEFAULT_MAX_QUEUED, minimum=0))
+                           else _env_int("CIFAR_MAX_QUEUED", profile.max_queued, minimum=0))
         self.torch_threads = torch_threads or default_torch_threads(self.max_jobs)
-        self.keep_finished = keep_finished
+        self.keep_finished = keep_finished if keep_finished is not None else profile.keep_finished
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}  # insertion order = submission order
         self._queue: deque[Job] = deque()
