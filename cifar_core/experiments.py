@@ -77,15 +77,23 @@ def _pct(value: float) -> str:
     return f"{value:.1%}"
 
 
+def _jitter(summary: Summary) -> float:
+    """Mean change of validation accuracy from one epoch to the next: how unsteady a run is."""
+    accs = [r["val_acc"] for r in summary.history]
+    return float(np.mean(np.abs(np.diff(accs)))) if len(accs) > 1 else 0.0
+
+
 def _verdict_batchnorm(s: list[Summary]) -> str:
     plain, bn = s
     k = min(3, len(plain.history), len(bn.history))
     bn_k, plain_k = bn.history[k - 1]["val_acc"], plain.history[k - 1]["val_acc"]
-    conclusion = ("Faster: the claim holds." if bn_k > plain_k
-                  else "Not faster here: the claim does not hold at this scale.")
-    return (f"After {k} epochs batch norm reaches {_pct(bn_k)} validation accuracy against "
-            f"{_pct(plain_k)} without; best {_pct(bn.best_val_acc)} vs {_pct(plain.best_val_acc)}. "
-            + conclusion)
+    faster, steadier = bn_k > plain_k, _jitter(bn) < _jitter(plain)
+    conclusion = {2: "The claim holds.", 1: "The claim holds only in part.",
+                  0: "The claim does not hold at this scale."}[faster + steadier]
+    return (f"After {k} epochs: {_pct(bn_k)} validation accuracy with batch norm, {_pct(plain_k)} "
+            f"without ({'faster' if faster else 'not faster'}). Epoch-to-epoch swing: "
+            f"{_pct(_jitter(bn))} vs {_pct(_jitter(plain))} ({'steadier' if steadier else 'not steadier'}). "
+            f"Best: {_pct(bn.best_val_acc)} vs {_pct(plain.best_val_acc)}. " + conclusion)
 
 
 def _verdict_dropout(s: list[Summary]) -> str:
