@@ -81,7 +81,7 @@ def show_config(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig) -> 
     params = count_parameters(build_model(model_cfg))
     with st.container(border=True):
         st.markdown(f"**{preset}** · {params:,} parameters · {train_cfg.optimizer}, learning rate "
-                    f"{train_cfg.lr:g} · batch {train_cfg.batch_size} · up to {train_cfg.epochs} epochs "
+                    f"{train_cfg.lr:g} · batch {train_cfg.batch_size} "
                     f"· {stopping} · augmentation {train_cfg.augmentation}",
                     help=HELP_EARLY_STOPPING)
         st.page_link("app_pages/model.py", label="Change the network and its settings on the Model page",
@@ -290,7 +290,8 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
     for run in runs:
         m = run.metrics
         rows.append({"run": run.name, "status": run.status, "preset": run.config.get("preset"),
-                     "images": run.config.get("subset"), "epochs": m.get("epochs_run"),
+                     "images": f"{run.config['subset']:,}" if run.config.get("subset") else "all",
+                     "epochs": m.get("epochs_run"),
                      "best epoch": m.get("best_epoch") or None, "val acc": m.get("val_acc"),
                      "test acc": m.get("test_acc"), "images/s": m.get("images_per_second"),
                      "created": pd.to_datetime(run.config.get("created"), errors="coerce")})
@@ -309,7 +310,7 @@ def show_runs() -> None:
                  column_config={
                      "val acc": st.column_config.NumberColumn(format="percent", help=HELP_VALIDATION),
                      "test acc": st.column_config.NumberColumn(format="percent", help=HELP_TEST),
-                     "images": st.column_config.NumberColumn(help="Training images; empty = all"),
+                     "images": st.column_config.TextColumn(help="Training images the run used"),
                      "images/s": st.column_config.NumberColumn(format="%.0f", help=HELP_IPS),
                      "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
                      "status": st.column_config.TextColumn(

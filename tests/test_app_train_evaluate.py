@@ -98,7 +98,7 @@ def test_tiny_run_trains_to_completion_then_evaluates(cifar_env: Path) -> None:
     assert len(val_acc) == 2 and ((0 <= val_acc) & (val_acc <= 1)).all()
     table = at.dataframe[0].value
     assert list(table["status"]) == ["finished"] and list(table["preset"]) == ["baseline"]
-    assert list(table["images"]) == [200] and list(table["epochs"]) == [2]
+    assert list(table["images"]) == ["200"] and list(table["epochs"]) == [2]
 
     # The run this session just trained is preselected on the Evaluate page.
     at.switch_page("app_pages/evaluate.py")
