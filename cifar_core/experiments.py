@@ -133,8 +133,9 @@ def _verdict_early_stopping(s: list[Summary]) -> str:
     on, off = s
     on_test, off_test = on.test_acc or 0.0, off.test_acc or 0.0
     if not on.stopped_early:
-        return (f"Validation loss kept improving for all {len(on.history)} epochs, so early "
-                "stopping had nothing to do in this budget.")
+        return (f"Validation loss never stalled long enough to stop the run in {len(on.history)} "
+                f"epochs; test {_pct(on_test)} (best epoch {on.best_epoch}) against {_pct(off_test)} "
+                "for the last epoch without it.")
     conclusion = ("It saved time without losing accuracy." if on_test >= off_test - 0.01
                   else "Here it cost accuracy.")
     return (f"With early stopping the run stopped after epoch {len(on.history)} and kept epoch "
