@@ -45,15 +45,12 @@ def arms_table(summaries: list[Summary]) -> pd.DataFrame:
 
 def show(summaries: list[Summary], verdict: str, source: str) -> None:
     st.success(verdict, icon=":material/science:")
-    curves, table = st.columns([3, 2])
-    with curves:
-        st.plotly_chart(arms_curves_figure([(s.label, s.history) for s in summaries],
-                                           with_train=experiment.name == "dropout"),
-                        key=f"curves-{source}-{experiment.name}")
-    with table:
-        st.dataframe(arms_table(summaries), hide_index=True, column_config={
-            c: st.column_config.NumberColumn(format="percent") for c in (
-                "best validation accuracy", "train - validation gap (last epoch)", "test accuracy")})
+    st.plotly_chart(arms_curves_figure([(s.label, s.history) for s in summaries],
+                                       with_train=experiment.name == "dropout"),
+                    key=f"curves-{source}-{experiment.name}")
+    st.dataframe(arms_table(summaries), hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format="percent") for c in (
+            "best validation accuracy", "train - validation gap (last epoch)", "test accuracy")})
     if experiment.name == "activation":
         st.markdown("**Gradient size per layer** in the last epoch (log scale). With sigmoid, each "
                     "layer passes back only a fraction of the gradient it receives, so the "

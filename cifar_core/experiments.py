@@ -88,8 +88,9 @@ def _verdict_batchnorm(s: list[Summary]) -> str:
     k = min(3, len(plain.history), len(bn.history))
     bn_k, plain_k = bn.history[k - 1]["val_acc"], plain.history[k - 1]["val_acc"]
     faster, steadier = bn_k > plain_k, _jitter(bn) < _jitter(plain)
-    conclusion = {2: "The claim holds.", 1: "The claim holds only in part.",
-                  0: "The claim does not hold at this scale."}[faster + steadier]
+    as_good = bn.best_val_acc >= plain.best_val_acc - 0.005
+    conclusion = {3: "The claim holds.", 0: "The claim does not hold at this scale."}.get(
+        faster + steadier + as_good, "The claim holds only in part.")
     return (f"After {k} epochs: {_pct(bn_k)} validation accuracy with batch norm, {_pct(plain_k)} "
             f"without ({'faster' if faster else 'not faster'}). Epoch-to-epoch swing: "
             f"{_pct(_jitter(bn))} vs {_pct(_jitter(plain))} ({'steadier' if steadier else 'not steadier'}). "
