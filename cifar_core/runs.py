@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import load_file, save
 
 from .model import CifarCNN, ConfigError, ModelConfig, build_model
 from .training import HISTORY_COLUMNS, EpochRecord, TrainConfig
@@ -154,7 +154,7 @@ def save_weights_bytes(state: dict[str, torch.Tensor]) -> bytes:
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
+    atomic_write(path, save_weights_bytes(state))
 
 
 @dataclass
