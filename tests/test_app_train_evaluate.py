@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from dataclasses import replace
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import array
 from streamlit.testing.v1 import AppTest
 
 from cifar_core.data import load_cifar10
@@ -33,15 +33,6 @@ def open_page(page: str) -> AppTest:
 def figures(at: AppTest) -> dict[str, dict]:
     """The plotly charts on the page, by their key, as figure dicts."""
     return {chart.key: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}
-
-
-def array(value: object) -> np.ndarray:
-    """A figure's data array; plotly ships numpy and pandas data base64-packed ("bdata")."""
-    if isinstance(value, dict) and "bdata" in value:
-        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
-        shape = value.get("shape")
-        return flat.reshape([int(n) for n in str(shape).split(",")]) if shape else flat
-    return np.asarray(value)
 
 
 def wait_until(at: AppTest, done, timeout: float = 45.0) -> None:  # noqa: ANN001

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from dataclasses import replace
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import array
 from streamlit.testing.v1 import AppTest
 
 from cifar_core.compare import config_diff, curves_frame, format_value, leaderboard
@@ -122,15 +122,6 @@ def test_curves_frame_has_one_row_per_run_and_epoch(runs_root: Path) -> None:
 
 
 # --- the Evaluate page -------------------------------------------------------------------------
-
-def array(value: object) -> np.ndarray:
-    """A figure's data array; plotly ships numpy data base64-packed ("bdata")."""
-    if isinstance(value, dict) and "bdata" in value:
-        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
-        shape = value.get("shape")
-        return flat.reshape([int(n) for n in str(shape).split(",")]) if shape else flat
-    return np.asarray(value)
-
 
 def figures(at: AppTest) -> dict[str, dict]:
     return {chart.key: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import encode, noise
 from PIL import Image, ImageFile
 
 from cifar_core import inference
@@ -41,17 +42,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow on corr
 
 
 # --- making files ---------------------------------------------------------------------
-
-def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    out = io.BytesIO()
-    image.save(out, fmt, **options)
-    return out.getvalue()
-
-
-def noise(size: tuple[int, int] = (48, 40), seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
 
 def marked(size: tuple[int, int], mark: int = 6) -> Image.Image:
     """Blue, with a red square in the top-left corner: shows where that corner went."""

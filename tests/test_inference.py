@@ -10,6 +10,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from helpers import encode, noise
 from PIL import Image
 
 from cifar_core.data import DEFAULT_CLASSES
@@ -17,17 +18,6 @@ from cifar_core.inference import ImageError, decode_image, predict_files, predic
 from cifar_core.model import ModelConfig, build_model
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
-
-
-def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    out = io.BytesIO()
-    image.save(out, fmt, **options)
-    return out.getvalue()
-
-
-def noise(size: tuple[int, int] = (48, 40), seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
 def halves(left: tuple, right: tuple, size: tuple[int, int] = (40, 20)) -> Image.Image:

@@ -1,0 +1,31 @@
+"""Small helpers several test modules share: encoding test images, reading plotly data."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    """The bytes of ``image`` saved as ``fmt`` (PNG, JPEG, ...)."""
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def noise(size: tuple[int, int] = (48, 40), seed: int = 0) -> Image.Image:
+    """A random RGB picture of ``size`` (width, height)."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def array(value: object) -> np.ndarray:
+    """A figure's data array; plotly ships numpy and pandas data base64-packed ("bdata")."""
+    if isinstance(value, dict) and "bdata" in value:
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = value.get("shape")
+        return flat.reshape([int(n) for n in str(shape).split(",")]) if shape else flat
+    return np.asarray(value)
