@@ -178,6 +178,7 @@ def test_model_page_loads_presets_and_reports_bad_combinations(cifar_env: Path) 
     assert at.radio(key="m.head").value == "global_max"
     assert at.session_state["config"][0] == "fast"
     assert at.session_state["config"][2].lr == fast.train.lr
+    assert at.session_state["config"][1] == fast.model  # every field, not just the count
 
     at.selectbox(key="m.preset").set_value("baseline").run()
     at.slider(key="m.blocks").set_value(6).run()  # valid padding shrinks 32 pixels to nothing
