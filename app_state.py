@@ -12,12 +12,11 @@ import os
 import streamlit as st
 
 from cifar_core.bundled import MODELS_DIR, bundled_runs
+from cifar_core.config import ModelConfig, TrainConfig, get_preset
 from cifar_core.data import CifarData, DataError, load_cifar10
 from cifar_core.deployment import current_profile
-from cifar_core.model import CifarCNN, ModelConfig
-from cifar_core.presets import get_preset
+from cifar_core.model import CifarCNN
 from cifar_core.runs import WEIGHTS_FILE, Run, list_runs, load_run
-from cifar_core.training import TrainConfig
 
 DEFAULT_PRESET = "baseline"
 

@@ -9,7 +9,6 @@ configuration, and every valid change is saved back at once.
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -18,25 +17,22 @@ import streamlit as st
 
 import app_state
 from cifar_core import plots
-from cifar_core.model import (
+from cifar_core.config import (
+    KERNEL_SIZES,
+    PRESETS,
     ConfigError,
     ModelConfig,
-    build_model,
-    count_parameters,
-    layer_table,
-    summary,
-    training_flops,
+    TrainConfig,
+    changes_from_preset,
+    choices,
+    configs_from_form,
+    form_values,
 )
-from cifar_core.presets import PRESETS
+from cifar_core.devices import resolve_device
+from cifar_core.model import build_model, count_parameters, layer_table, summary, training_flops
 from cifar_core.runs import WEIGHTS_FILE, RunError, load_weights
-from cifar_core.training import TrainConfig, resolve_device
 
 K = "m."  # prefix of this page's widget keys
-# Every ModelConfig field but the per-layer lists (widgets of their own) and the class count,
-# so a field added to ModelConfig cannot silently fall back to its default here.
-PER_LAYER = ("conv_filters", "conv_dropout", "dense_units", "dense_dropout", "num_classes")
-MODEL_SCALARS = tuple(f.name for f in fields(ModelConfig) if f.name not in PER_LAYER)
-TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 HELP = {
@@ -150,15 +146,7 @@ HELP = {
 
 def widget_values(model: ModelConfig, train: TrainConfig) -> dict[str, object]:
     """Every widget's value for a configuration, keyed by widget key."""
-    values: dict[str, object] = {"blocks": len(model.conv_filters),
-                                 "dense_layers": len(model.dense_units)}
-    for i, (filters, rate) in enumerate(zip(model.conv_filters, model.conv_dropout, strict=True)):
-        values[f"filters{i}"], values[f"conv_dropout{i}"] = filters, float(rate)
-    for i, (units, rate) in enumerate(zip(model.dense_units, model.dense_dropout, strict=True)):
-        values[f"units{i}"], values[f"dense_dropout{i}"] = units, float(rate)
-    values.update({name: getattr(model, name) for name in MODEL_SCALARS})
-    values.update(train.to_dict())
-    return {K + name: value for name, value in values.items()}
+    return {K + name: value for name, value in form_values(model, train).items()}
 
 
 def seed_widgets(model: ModelConfig, train: TrainConfig) -> None:
@@ -177,28 +165,9 @@ def apply_preset() -> None:
 
 
 def configs_from_widgets() -> tuple[ModelConfig, TrainConfig]:
-    """Build both configurations from the widgets; raises ConfigError for invalid combinations."""
-    s = st.session_state
-    blocks, dense = s[K + "blocks"], s[K + "dense_layers"]
-    try:
-        model = ModelConfig(
-            conv_filters=tuple(s[f"{K}filters{i}"] for i in range(blocks)),
-            conv_dropout=tuple(s[f"{K}conv_dropout{i}"] for i in range(blocks)),
-            dense_units=tuple(s[f"{K}units{i}"] for i in range(dense)),
-            dense_dropout=tuple(s[f"{K}dense_dropout{i}"] for i in range(dense)),
-            **{name: s[K + name] for name in MODEL_SCALARS})
-        train = TrainConfig(**{name: s[K + name] for name in TRAIN_FIELDS})
-    except (TypeError, ValueError) as err:  # ConfigError is a ValueError
-        raise ConfigError(str(err)) from None
-    return model, train
-
-
-def changes_from_preset(preset: str, model: ModelConfig, train: TrainConfig) -> list[str]:
-    """'name: preset value -> current value' for every setting that differs from the preset."""
-    base = PRESETS[preset]
-    old = {**base.model.to_dict(), **base.train.to_dict()}
-    new = {**model.to_dict(), **train.to_dict()}
-    return [f"{key}: {old[key]} → {new[key]}" for key in new if new[key] != old.get(key)]
+    """Both configurations from the widgets; raises ConfigError for invalid combinations."""
+    return configs_from_form({key[len(K):]: value for key, value in st.session_state.items()
+                              if isinstance(key, str) and key.startswith(K)})
 
 
 # --- widgets ----------------------------------------------------------------------------
@@ -218,20 +187,20 @@ def network_settings() -> None:
                      help=HELP["conv_dropout"])
     left, right = st.columns(2)
     left.slider("Convolutions per block", 1, 4, key=K + "convs_per_block", help=HELP["convs_per_block"])
-    right.select_slider("Kernel size", (1, 3, 5, 7), key=K + "kernel_size", help=HELP["kernel_size"],
+    right.select_slider("Kernel size", KERNEL_SIZES, key=K + "kernel_size", help=HELP["kernel_size"],
                         format_func=lambda k: f"{k}×{k}")
     left, right = st.columns(2)
-    left.radio("Padding", ("valid", "same"), horizontal=True, key=K + "padding", help=HELP["padding"])
-    right.radio("Pooling", ("max", "avg"), horizontal=True, key=K + "pooling", help=HELP["pooling"])
+    left.radio("Padding", choices("padding"), horizontal=True, key=K + "padding", help=HELP["padding"])
+    right.radio("Pooling", choices("pooling"), horizontal=True, key=K + "pooling", help=HELP["pooling"])
     st.toggle("Pool after the first convolution of each block", key=K + "pool_first",
               help=HELP["pool_first"])
     left, right = st.columns([2, 3])  # room for the toggle's label beside its switch
-    left.selectbox("Activation", ("relu", "gelu", "tanh", "sigmoid"), key=K + "activation",
+    left.selectbox("Activation", choices("activation"), key=K + "activation",
                    help=HELP["activation"])
     right.toggle("Batch normalisation", key=K + "batch_norm", help=HELP["batch_norm"])
 
     st.markdown("##### Classifier head")
-    st.radio("From feature maps to a vector", ("flatten", "global_max", "global_avg"),
+    st.radio("From feature maps to a vector", choices("head"),
              horizontal=True, key=K + "head", help=HELP["head"],
              format_func={"flatten": "flatten", "global_max": "global max pool",
                           "global_avg": "global average pool"}.get)
@@ -252,7 +221,7 @@ def network_settings() -> None:
     st.markdown("##### Input and starting weights")
     left, right = st.columns([5, 4])  # the toggle's label and both radio options fit at 1280 pixels
     left.toggle("Standardize input", key=K + "standardize_input", help=HELP["standardize_input"])
-    right.radio("Initialisation", ("keras", "torch"), horizontal=True, key=K + "init", help=HELP["init"])
+    right.radio("Initialisation", choices("init"), horizontal=True, key=K + "init", help=HELP["init"])
 
 
 def device_label(name: str) -> str:
@@ -269,7 +238,8 @@ def training_settings() -> None:
     s = st.session_state
     st.markdown("##### Optimizer")
     left, right = st.columns(2)
-    left.radio("Optimizer", ("adam", "sgd"), horizontal=True, key=K + "optimizer", help=HELP["optimizer"])
+    left.radio("Optimizer", choices("optimizer"), horizontal=True, key=K + "optimizer",
+               help=HELP["optimizer"])
     right.number_input("Learning rate", 1e-5, 10.0, step=1e-4, format="%g", key=K + "lr", help=HELP["lr"])
     left, right = st.columns(2)
     left.slider("Momentum", 0.0, 0.99, step=0.01, key=K + "momentum", help=HELP["momentum"],
@@ -279,7 +249,7 @@ def training_settings() -> None:
     left, right = st.columns(2)
     left.number_input("Weight decay", 0.0, 0.1, step=1e-4, format="%g", key=K + "weight_decay",
                       help=HELP["weight_decay"])
-    right.radio("Learning-rate schedule", ("constant", "onecycle", "cosine"), horizontal=True,
+    right.radio("Learning-rate schedule", choices("lr_schedule"), horizontal=True,
                 key=K + "lr_schedule", help=HELP["lr_schedule"])
 
     st.markdown("##### Batches and epochs")
@@ -290,7 +260,7 @@ def training_settings() -> None:
 
     st.markdown("##### Fighting overfitting")
     left, right = st.columns(2)
-    left.radio("Augmentation", ("none", "keras", "crop_flip"), horizontal=True, key=K + "augmentation",
+    left.radio("Augmentation", choices("augmentation"), horizontal=True, key=K + "augmentation",
                help=HELP["augmentation"])
     right.slider("Label smoothing", 0.0, 0.5, step=0.05, key=K + "label_smoothing",
                  help=HELP["label_smoothing"])
@@ -298,7 +268,7 @@ def training_settings() -> None:
     left.toggle("Early stopping", key=K + "early_stopping", help=HELP["early_stopping"])
     right.toggle("Restore best weights", key=K + "restore_best", help=HELP["restore_best"])
     left, right = st.columns(2)
-    left.radio("Monitor", ("val_loss", "val_acc"), horizontal=True, key=K + "monitor",
+    left.radio("Monitor", choices("monitor"), horizontal=True, key=K + "monitor",
                help=HELP["monitor"], format_func={"val_loss": "validation loss",
                                                   "val_acc": "validation accuracy"}.get,
                disabled=not s[K + "early_stopping"] and not s[K + "restore_best"])
@@ -308,10 +278,10 @@ def training_settings() -> None:
     st.markdown("##### Prediction, hardware and reproducibility")
     left, right = st.columns(2)
     left.toggle("Test-time flip", key=K + "tta_flip", help=HELP["tta_flip"])
-    right.radio("Precision", ("auto", "fp32", "bf16"), horizontal=True, key=K + "precision",
+    right.radio("Precision", choices("precision"), horizontal=True, key=K + "precision",
                 help=HELP["precision"])
     left, right = st.columns(2)
-    left.selectbox("Device", ("auto", "cpu", "cuda", "mps"), key=K + "device", help=HELP["device"],
+    left.selectbox("Device", choices("device"), key=K + "device", help=HELP["device"],
                    format_func=device_label)
     right.number_input("Seed", 0, 2**31 - 1, key=K + "seed", help=HELP["seed"])
 

@@ -13,14 +13,13 @@ from streamlit.delta_generator import DeltaGenerator
 
 from app_state import get_config, get_data, run_label, trained_runs
 from cifar_core import export
+from cifar_core.config import ConfigError, ModelConfig, TrainConfig, apply_overrides
 from cifar_core.data import CifarData
 from cifar_core.deployment import current_profile
 from cifar_core.jobs import JobLimitError, JobSnapshot, get_registry
-from cifar_core.model import ConfigError, ModelConfig, build_model, count_parameters
+from cifar_core.model import build_model, count_parameters
 from cifar_core.plots import training_curves_figure
-from cifar_core.presets import apply_overrides
 from cifar_core.runs import HISTORY_FILE, WEIGHTS_FILE, Run, list_runs, load_run
-from cifar_core.training import TrainConfig
 
 JOB_KEY = "train.job_id"
 SAVED_SETTINGS = "train.saved_settings"  # {widget key: (its default then, value)}

@@ -30,12 +30,16 @@ from torchvision.transforms import v2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cifar_core.augment import augment  # noqa: E402
+from cifar_core.config import get_preset  # noqa: E402
 from cifar_core.data import load_cifar10  # noqa: E402
+from cifar_core.devices import autocast, resolve_device, use_bf16  # noqa: E402
 from cifar_core.evaluation import evaluate  # noqa: E402
 from cifar_core.inference import predict_files  # noqa: E402
-from cifar_core.model import build_model  # noqa: E402
-from cifar_core.presets import get_preset  # noqa: E402
-from cifar_core.training import autocast, make_optimizer, resolve_device, to_input, use_bf16  # noqa: E402
+from cifar_core.model import (
+    build_model,  # noqa: E402
+    to_input,  # noqa: E402
+)
+from cifar_core.training import make_optimizer  # noqa: E402
 
 
 def project_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, steps: int) -> float:

@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 from . import bundled
+from .config import PRESETS, ConfigError, apply_overrides, choices, get_preset, parse_overrides
 from .data import DataError, load_cifar10, subset
 from .evaluation import evaluate
 from .inference import ImageError, predict_files
-from .model import ConfigError, build_model, summary
+from .model import build_model, summary
 from .pipeline import train_run
-from .presets import PRESETS, apply_overrides, get_preset, parse_overrides
 from .runs import RunError, load_run, new_run_dir
 from .training import BatchEvent, EpochEvent, Event
 
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/, that folder, or the .tar.gz")
     p.add_argument("--epochs", type=int)
     p.add_argument("--subset", type=int, help="train on this many images (quick checks)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", choices=choices("device"))
     p.add_argument("--seed", type=int)
     p.add_argument("--channel-order", choices=["correct", "as_presented"], default="correct",
                    help="as_presented repeats the presentation's reshape mistake")

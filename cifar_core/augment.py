@@ -17,13 +17,13 @@ Inputs and outputs are float tensors (N, C, H, W).
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-Augmentation = Literal["none", "keras", "crop_flip"]
-AUGMENTATIONS: tuple[str, ...] = ("none", "keras", "crop_flip")
+from .config import Augmentation, choices
+
+AUGMENTATIONS: tuple[str, ...] = choices("augmentation")
 
 
 def random_affine(x: torch.Tensor, generator: torch.Generator | None = None,

@@ -11,7 +11,8 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
-from .training import predict_logits, resolve_device, use_bf16
+from .devices import resolve_device, use_bf16
+from .model import predict_logits
 
 
 @dataclass

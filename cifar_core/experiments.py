@@ -18,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import ModelConfig, TrainConfig, apply_overrides, get_preset
 from .data import CifarData, to_images
-from .model import ModelConfig
-from .presets import apply_overrides, get_preset
 from .runs import Run
-from .training import TrainConfig
 
 RESULTS_FILE = Path(__file__).resolve().parent.parent / "experiments" / "results.json"
 

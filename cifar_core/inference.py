@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .training import predict_logits
+from .model import predict_logits
 
 # 40 megapixels covers any phone photo; beyond it the file is refused before decoding.
 MAX_PIXELS = 40_000_000

@@ -47,12 +47,12 @@ from typing import Literal
 
 import torch
 
+from .config import ModelConfig, TrainConfig
 from .data import CifarData, DataError, subset
 from .deployment import cpu_quota, current_profile
-from .model import ModelConfig
 from .pipeline import train_run
 from .runs import RunError, default_runs_root, new_run_dir
-from .training import BatchEvent, EpochEvent, EpochRecord, Event, TrainConfig
+from .training import BatchEvent, EpochEvent, EpochRecord, Event
 
 log = logging.getLogger(__name__)
 
@@ -261,15 +261,12 @@ class Job:
         self._eta_run = self._eta_epoch + per_epoch * (self.train_cfg.epochs - event.epoch)
 
     def _on_epoch(self, event: EpochEvent, now: float) -> None:
-        cfg = self.train_cfg
         self._history.append(event.record)
         self._best_epoch, self._since_best = event.best_epoch, event.epochs_without_improvement
         self._epoch_mark = now
-        last = (event.record.epoch >= cfg.epochs or self.stop_event.is_set()
-                or (cfg.early_stopping and event.epochs_without_improvement >= cfg.patience))
-        self._phase = "testing" if last else "training"
-        self._eta_epoch = 0.0 if last else None
-        if last:
+        self._phase = "testing" if event.last else "training"
+        self._eta_epoch = 0.0 if event.last else None
+        if event.last:
             self._eta_run = None
 
 

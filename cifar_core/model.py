@@ -1,4 +1,4 @@
-"""The CNN: a ModelConfig dataclass and the nn.Module it describes.
+"""The CNN that a ModelConfig describes: its layers, input preparation and prediction.
 
 The network is a stack of conv blocks, then a classifier head:
 
@@ -7,18 +7,24 @@ The network is a stack of conv blocks, then a classifier head:
 
 The defaults are the presentation's Keras model exactly (167,818 parameters). The module
 returns logits; softmax is applied by the loss and by prediction. Input is a float
-tensor (N, 3, 32, 32) with values in [0, 1]; the model standardises it itself when
-``standardize_input`` is set, so every caller preprocesses images the same way.
+tensor (N, 3, 32, 32) with values in [0, 1] (``to_input`` makes it from stored uint8
+pixels); the model standardises it itself when ``standardize_input`` is set, so every
+caller preprocesses images the same way. ``predict_logits`` is the one way to run a
+trained model on stored images, for evaluation, serving and validation alike.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
+
+from .config import ModelConfig
+from .devices import autocast
 
 # Per-channel mean and std of the CIFAR-10 training images, in [0, 1] units.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -28,107 +34,13 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
-class ConfigError(ValueError):
-    """A configuration value is out of range or unknown."""
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 32, 32, 3) -> float (N, 3, 32, 32) in [0, 1], channels_last in memory.
 
-
-@dataclass
-class ModelConfig:
-    conv_filters: tuple[int, ...] = (32, 64, 128)
-    convs_per_block: int = 1
-    kernel_size: int = 3
-    padding: Literal["valid", "same"] = "valid"
-    batch_norm: bool = False
-    activation: Literal["relu", "gelu", "tanh", "sigmoid"] = "relu"
-    pooling: Literal["max", "avg"] = "max"
-    # Pool right after a block's first conv (as the fastest CIFAR trainers do), so the
-    # block's later convs run on a quarter of the pixels.
-    pool_first: bool = False
-    conv_dropout: tuple[float, ...] = (0.25, 0.25, 0.0)
-    head: Literal["flatten", "global_max", "global_avg"] = "flatten"
-    dense_units: tuple[int, ...] = (128, 64)
-    dense_dropout: tuple[float, ...] = (0.5, 0.0)
-    init: Literal["keras", "torch"] = "keras"
-    standardize_input: bool = False
-    num_classes: int = field(default=10, repr=False)
-
-    def __post_init__(self) -> None:
-        self.conv_filters = tuple(int(f) for f in self.conv_filters)
-        self.dense_units = tuple(int(u) for u in self.dense_units)
-        self.conv_dropout = _per_layer(self.conv_dropout, len(self.conv_filters), "conv_dropout")
-        self.dense_dropout = _per_layer(self.dense_dropout, len(self.dense_units), "dense_dropout")
-        self.validate()
-
-    def validate(self) -> None:
-        checks = [
-            (1 <= len(self.conv_filters) <= 6, "conv_filters needs 1 to 6 blocks"),
-            (all(1 <= f <= 1024 for f in self.conv_filters), "conv filters must be 1..1024"),
-            (1 <= self.convs_per_block <= 4, "convs_per_block must be 1..4"),
-            (self.kernel_size in (1, 3, 5, 7), "kernel_size must be 1, 3, 5 or 7"),
-            (self.padding in ("valid", "same"), "padding must be 'valid' or 'same'"),
-            (self.activation in ACTIVATIONS, f"activation must be one of {sorted(ACTIVATIONS)}"),
-            (self.pooling in ("max", "avg"), "pooling must be 'max' or 'avg'"),
-            (self.head in ("flatten", "global_max", "global_avg"),
-             "head must be flatten, global_max or global_avg"),
-            (all(1 <= u <= 4096 for u in self.dense_units), "dense units must be 1..4096"),
-            (all(0 <= p < 1 for p in self.conv_dropout + self.dense_dropout),
-             "dropout rates must be in [0, 1)"),
-            (self.init in ("keras", "torch"), "init must be 'keras' or 'torch'"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        if self.feature_size() <= 0:
-            raise ConfigError("the feature map shrinks to nothing: use padding='same', a "
-                              "smaller kernel or fewer blocks")
-
-    def spatial_sizes(self) -> list[int]:
-        """Feature-map side after each block (before the head)."""
-        return [sides[-1] for sides in self.conv_output_sides()]
-
-    def conv_output_sides(self) -> list[list[int]]:
-        """Per block, the side of each conv's output (before any pooling after it)."""
-        size, blocks = 32, []
-        for _ in self.conv_filters:
-            sides = []
-            for i in range(self.convs_per_block):
-                if self.padding == "valid":
-                    size -= self.kernel_size - 1
-                sides.append(size)
-                if self.pool_first and i == 0:
-                    size = size // 2 if size >= 2 else size
-            if not self.pool_first:
-                size = size // 2 if size >= 2 else size
-            sides.append(size)
-            blocks.append(sides)
-        return blocks
-
-    def feature_size(self) -> int:
-        side = self.spatial_sizes()[-1]
-        if side <= 0:
-            return 0
-        return self.conv_filters[-1] * (side * side if self.head == "flatten" else 1)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown model settings: {', '.join(sorted(unknown))}")
-        return cls(**values)
-
-
-def _per_layer(rates: float | tuple | list, n: int, name: str) -> tuple[float, ...]:
-    """One dropout rate per layer: a scalar applies to all; short lists pad with 0."""
-    if isinstance(rates, (int, float)):
-        return (float(rates),) * n
-    rates = tuple(float(r) for r in rates)
-    if len(rates) > n:
-        raise ConfigError(f"{name} has {len(rates)} rates for {n} layers")
-    return rates + (0.0,) * (n - len(rates))
+    The one conversion from stored pixels to network input: training, prediction,
+    explanations and the augmentation preview all go through it.
+    """
+    return images.permute(0, 3, 1, 2).float().div_(255)
 
 
 class CifarCNN(nn.Module):
@@ -139,24 +51,21 @@ class CifarCNN(nn.Module):
         act = ACTIVATIONS[c.activation]
         pool = nn.MaxPool2d if c.pooling == "max" else nn.AvgPool2d
         layers: OrderedDict[str, nn.Module] = OrderedDict()
-        channels, side, n_conv = 3, 32, 0
-        for block, filters in enumerate(c.conv_filters, start=1):
+        channels, n_conv = 3, 0
+        for block, (filters, sides) in enumerate(zip(c.conv_filters, c.conv_output_sides()), start=1):
             for i in range(c.convs_per_block):
                 n_conv += 1
                 layers[f"conv{n_conv}"] = nn.Conv2d(
                     channels, filters, c.kernel_size, padding=0 if c.padding == "valid" else "same",
                     bias=not c.batch_norm)
                 channels = filters
-                side -= c.kernel_size - 1 if c.padding == "valid" else 0
-                if c.pool_first and i == 0 and side >= 2:
+                if c.pool_first and i == 0 and sides[0] >= 2:
                     layers[f"pool{block}"] = pool(2)
-                    side //= 2
                 if c.batch_norm:
                     layers[f"bn{n_conv}"] = nn.BatchNorm2d(filters)
                 layers[f"{c.activation}{n_conv}"] = act()
-            if not c.pool_first and side >= 2:
+            if not c.pool_first and sides[-2] >= 2:
                 layers[f"pool{block}"] = pool(2)
-                side //= 2
             if c.conv_dropout[block - 1] > 0:
                 layers[f"dropout{block}"] = Dropout(c.conv_dropout[block - 1])
         if c.head == "flatten":
@@ -179,11 +88,15 @@ class CifarCNN(nn.Module):
         if c.init == "keras":
             self.apply(_keras_init)
 
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """What the first layer receives for images in [0, 1]: standardised when configured."""
+        if self.config.standardize_input:
+            return (x - self.mean) / self.std
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for images (N, 3, 32, 32) in [0, 1]."""
-        if self.config.standardize_input:
-            x = (x - self.mean) / self.std
-        return self.layers(x)
+        return self.layers(self.standardize(x))
 
     def conv_layers(self) -> list[tuple[str, nn.Conv2d]]:
         return [(n, m) for n, m in self.layers.named_children() if isinstance(m, nn.Conv2d)]
@@ -225,6 +138,32 @@ def _keras_init(module: nn.Module) -> None:
 
 def build_model(config: ModelConfig) -> CifarCNN:
     return CifarCNN(config)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
+                   bf16: bool = False, tta_flip: bool = False, batch_size: int | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Logits (float32, on the CPU) for uint8 images (N, 32, 32, 3).
+
+    Batches default to 250 images on the CPU: the activations of 1,000 took about 270 MB
+    (baseline) to 540 MB (fast) at once, against 70 and 150 MB, and the smaller batches
+    also ran 25% faster (they stay in the cache). GPUs get 1,000.
+    """
+    batch_size = batch_size or (250 if device.type == "cpu" else 1000)
+    model.eval()
+    images = torch.as_tensor(images)
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start:start + batch_size].to(device))
+        with autocast(device, bf16):
+            logits = model(x).float()
+            if tta_flip:
+                logits = (logits + model(x.flip(3)).float()) / 2
+        out.append(logits.cpu())
+        if progress:
+            progress(min(start + batch_size, len(images)), len(images))
+    return torch.cat(out) if out else torch.empty(0, 10)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import ModelConfig, TrainConfig
 from .data import CifarData
 from .evaluation import evaluate
-from .model import ModelConfig, build_model
+from .model import build_model
 from .runs import RunWriter
-from .training import EpochEvent, Event, EventHandler, FitResult, TrainConfig, fit
+from .training import EpochEvent, Event, EventHandler, FitResult, fit
 
 
 def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, run_dir: Path,

@@ -29,8 +29,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from .model import CifarCNN, ConfigError, ModelConfig, build_model
-from .training import HISTORY_COLUMNS, EpochRecord, TrainConfig
+from .config import ConfigError, ModelConfig, TrainConfig
+from .model import CifarCNN, build_model
+from .training import HISTORY_COLUMNS, EpochRecord
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"

@@ -1,13 +1,15 @@
-"""Training: TrainConfig, the loop, early stopping, live events and a stop flag.
+"""Training: the loop in small steps, early stopping, live events and a stop flag.
 
 The whole dataset sits on the device as uint8 (N, 32, 32, 3); each batch is gathered
 by index, converted to float in [0, 1], viewed as NCHW (which is channels_last in
 memory), augmented on the device and fed to the model. There are no DataLoader worker
 processes: on a 2-core laptop they would only compete with the math for the same cores.
 
-``fit`` reports a ``BatchEvent`` after every batch and an ``EpochEvent`` after every
-epoch, and checks a ``threading.Event`` after every batch so a stop request takes
-effect within one batch. Given the seed, a run on the CPU is deterministic.
+``fit`` is ``set_up``, then per epoch ``train_epoch``, ``validate`` and an
+``EarlyStopping`` update. It reports a ``BatchEvent`` after every batch and an
+``EpochEvent`` after every epoch (which says whether another epoch follows), and checks a
+``threading.Event`` after every batch so a stop request takes effect within one batch.
+Given the seed, a run on the CPU is deterministic.
 """
 
 from __future__ import annotations
@@ -17,114 +19,18 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Literal
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import AUGMENTATIONS, Augmentation, augment
+from .augment import augment
+from .config import Monitor, TrainConfig
 from .data import CifarData
-from .model import ConfigError
-
-Device = Literal["auto", "cpu", "cuda", "mps"]
-
-
-@dataclass
-class TrainConfig:
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
-    adam_eps: float = 1e-7  # Keras' default; PyTorch's is 1e-8
-    batch_size: int = 64
-    epochs: int = 50
-    lr_schedule: Literal["constant", "onecycle", "cosine"] = "constant"
-    label_smoothing: float = 0.0
-    augmentation: Augmentation = "keras"
-    early_stopping: bool = True
-    monitor: Literal["val_loss", "val_acc"] = "val_loss"
-    patience: int = 10
-    restore_best: bool = True
-    tta_flip: bool = False  # average predictions over the image and its mirror
-    precision: Literal["auto", "fp32", "bf16"] = "fp32"
-    seed: int = 0
-    device: Device = "auto"
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.optimizer in ("adam", "sgd"), "optimizer must be 'adam' or 'sgd'"),
-            (0 < self.lr <= 10, "lr must be in (0, 10]"),
-            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (1 <= self.batch_size <= 4096, "batch_size must be 1..4096"),
-            (1 <= self.epochs <= 500, "epochs must be 1..500"),
-            (self.lr_schedule in ("constant", "onecycle", "cosine"),
-             "lr_schedule must be constant, onecycle or cosine"),
-            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
-            (self.augmentation in AUGMENTATIONS, f"augmentation must be one of {AUGMENTATIONS}"),
-            (self.monitor in ("val_loss", "val_acc"), "monitor must be val_loss or val_acc"),
-            (self.patience >= 1, "patience must be >= 1"),
-            (self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16"),
-            (self.device in ("auto", "cpu", "cuda", "mps"), "device must be auto, cpu, cuda or mps"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown training settings: {', '.join(sorted(unknown))}")
-        return cls(**values)
-
-
-# --- devices and precision ------------------------------------------------------
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit name must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but no CUDA GPU is available")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device 'mps' requested but Apple MPS is not available")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where the processor does bfloat16 math in hardware (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision == "fp32":
-        return False
-    if device.type == "cuda":
-        return precision == "bf16" or torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return precision == "bf16" or cpu_has_native_bf16()
-    return precision == "bf16"
-
-
-def autocast(device: torch.device, bf16: bool):  # noqa: ANN201 - a context manager
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
+from .devices import autocast, resolve_device, use_bf16
+from .model import predict_logits, to_input
 
 # --- events ---------------------------------------------------------------------
 
@@ -162,6 +68,10 @@ class EpochEvent:
     # Mean gradient norm of each conv/dense layer's weights over the epoch's batches:
     # the measurement behind "sigmoid makes gradients vanish in deep networks".
     grad_norms: dict[str, float] = field(default_factory=dict, repr=False)
+    # No epoch follows this one: the planned last, a stop request, or early stopping
+    # (``stopped_early``). Live views read the decision here instead of repeating the rule.
+    last: bool = False
+    stopped_early: bool = False
 
 
 Event = BatchEvent | EpochEvent
@@ -180,11 +90,6 @@ class FitResult:
 
 
 # --- the loop -------------------------------------------------------------------
-
-def to_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 32, 32, 3) -> float (N, 3, 32, 32) in [0, 1], channels_last in memory."""
-    return images.permute(0, 3, 1, 2).float().div_(255)
-
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     # The fused kernels update all parameters in one pass: about 1 ms less per step
@@ -208,33 +113,8 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
-                   bf16: bool = False, tta_flip: bool = False, batch_size: int | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Logits (float32, on the CPU) for uint8 images (N, 32, 32, 3).
-
-    Batches default to 250 images on the CPU: the activations of 1,000 took about 270 MB
-    (baseline) to 540 MB (fast) at once, against 70 and 150 MB, and the smaller batches
-    also ran 25% faster (they stay in the cache). GPUs get 1,000.
-    """
-    batch_size = batch_size or (250 if device.type == "cpu" else 1000)
-    model.eval()
-    images = torch.as_tensor(images)
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = to_input(images[start:start + batch_size].to(device))
-        with autocast(device, bf16):
-            logits = model(x).float()
-            if tta_flip:
-                logits = (logits + model(x.flip(3)).float()) / 2
-        out.append(logits.cpu())
-        if progress:
-            progress(min(start + batch_size, len(images)), len(images))
-    return torch.cat(out) if out else torch.empty(0, 10)
-
-
-def _confusion(labels: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:
+def confusion(labels: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:
+    """Counts of (true, predicted) pairs; rows are true classes."""
     # np.bincount over pair codes: the same as sklearn's confusion_matrix, ~50x faster
     # per epoch on 10,000 labels, which matters when it runs after every epoch.
     return np.bincount(labels * classes + predicted, minlength=classes * classes).reshape(classes, classes)
@@ -246,9 +126,61 @@ def weight_layers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
             if isinstance(module, (nn.Conv2d, nn.Linear))]
 
 
-def fit(model: nn.Module, data: CifarData, cfg: TrainConfig,
-        on_event: EventHandler | None = None, stop: threading.Event | None = None) -> FitResult:
-    """Train ``model`` on ``data.x_train``, validating after every epoch."""
+@dataclass
+class EarlyStopping:
+    """The best epoch so far by the monitored figure, and the epochs since.
+
+    Its state is plain numbers, so it can be saved with a run and restored to go on.
+    """
+
+    monitor: Monitor = "val_loss"
+    patience: int = 10
+    enabled: bool = True
+    best_value: float = math.inf  # lower is better: the loss, or minus the accuracy
+    best_epoch: int = 0
+    since_best: int = 0
+
+    @classmethod
+    def for_config(cls, cfg: TrainConfig) -> EarlyStopping:
+        return cls(cfg.monitor, cfg.patience, cfg.early_stopping)
+
+    def update(self, epoch: int, val_loss: float, val_acc: float) -> bool:
+        """Take in one epoch's validation figures; True when it is the best so far."""
+        value = val_loss if self.monitor == "val_loss" else -val_acc
+        if value < self.best_value:
+            self.best_value, self.best_epoch, self.since_best = value, epoch, 0
+            return True
+        self.since_best += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.enabled and self.since_best >= self.patience
+
+
+@dataclass
+class TrainingSetup:
+    """What the epochs of one fit share: the device, the data on it, optimizer, schedule, RNGs."""
+
+    device: torch.device
+    bf16: bool
+    memory_format: torch.memory_format
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    batch_size: int
+    batches: int  # per epoch
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: nn.Module
+    order_gen: torch.Generator  # the order of the images in each epoch
+    aug_gen: torch.Generator  # augmentation parameters
+    weighted: list[tuple[str, torch.Tensor]]  # the layers whose gradient norms are reported
+    started: float = 0.0  # perf_counter when training began
+    images_done: int = 0
+
+
+def set_up(model: nn.Module, data: CifarData, cfg: TrainConfig) -> TrainingSetup:
+    """Seed, move model and training images to the device, make optimizer and schedule."""
     device = resolve_device(cfg.device)
     bf16 = use_bf16(cfg.precision, device)
     torch.manual_seed(cfg.seed)
@@ -256,89 +188,119 @@ def fit(model: nn.Module, data: CifarData, cfg: TrainConfig,
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
-
     x_train = torch.from_numpy(data.x_train).to(device)
     y_train = torch.from_numpy(data.y_train).to(device)
-    n = len(y_train)
-    batch_size = min(cfg.batch_size, n)
-    batches = n // batch_size  # whole batches only, as Keras' steps_per_epoch = n // batch
+    batch_size = min(cfg.batch_size, len(y_train))
+    batches = len(y_train) // batch_size  # whole batches only, as Keras' steps_per_epoch = n // batch
     optimizer = make_optimizer(model, cfg, device)
     schedule = make_schedule(optimizer, cfg, total_steps=max(1, batches * cfg.epochs))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    minimize = cfg.monitor == "val_loss"
+    return TrainingSetup(device, bf16, memory_format, x_train, y_train, batch_size, batches, optimizer,
+                         schedule, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+                         order_gen, aug_gen, weight_layers(model))
 
-    weighted = weight_layers(model)
+
+@dataclass(frozen=True)
+class EpochTraining:
+    """One epoch's pass over the training images."""
+
+    loss: float
+    accuracy: float
+    lr: float  # at the epoch's start
+    grad_norms: dict[str, float]
+    stopped: bool  # a stop request ended it early
+
+
+def train_epoch(model: nn.Module, setup: TrainingSetup, cfg: TrainConfig, epoch: int,
+                on_event: EventHandler | None = None, stop: threading.Event | None = None) -> EpochTraining:
+    """One pass over the training images in a fresh random order, augmented; stops within one
+    batch of a stop request."""
+    s = setup
+    model.train()
+    perm = torch.randperm(len(s.y_train), generator=s.order_gen).to(s.device)
+    loss_sum = torch.zeros((), device=s.device)
+    correct = torch.zeros((), device=s.device, dtype=torch.long)
+    grad_sums = torch.zeros(len(s.weighted), device=s.device)
+    lr = s.optimizer.param_groups[0]["lr"]
+    seen = steps = 0
+    stopped = False
+    for b in range(s.batches):
+        idx = perm[b * s.batch_size:(b + 1) * s.batch_size]
+        x = augment(to_input(s.x_train[idx]), cfg.augmentation, s.aug_gen)
+        x = x.contiguous(memory_format=s.memory_format)
+        y = s.y_train[idx]
+        with autocast(s.device, s.bf16):
+            logits = model(x)
+        loss = s.loss_fn(logits.float(), y)
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_sums += torch.stack(torch._foreach_norm([w.grad for _, w in s.weighted]))
+        s.optimizer.step()
+        s.schedule.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        steps = b + 1
+        s.images_done += len(y)
+        if on_event:
+            elapsed = time.perf_counter() - s.started
+            on_event(BatchEvent(epoch, b + 1, s.batches, loss.item(),
+                                s.images_done / max(elapsed, 1e-9), elapsed))
+        if stop is not None and stop.is_set():
+            stopped = True
+            break
+    grad_norms = dict(zip([name for name, _ in s.weighted], (grad_sums / steps).tolist()))
+    return EpochTraining((loss_sum / seen).item(), correct.item() / seen, lr, grad_norms, stopped)
+
+
+@dataclass(frozen=True)
+class Validation:
+    loss: float
+    accuracy: float
+    confusion: np.ndarray
+
+
+def validate(model: nn.Module, data: CifarData, setup: TrainingSetup, tta_flip: bool) -> Validation:
+    """Loss, accuracy and confusion matrix on the validation images."""
+    logits = predict_logits(model, data.x_val, setup.device, setup.bf16, tta_flip)
+    loss = F.cross_entropy(logits, torch.from_numpy(data.y_val)).item()
+    predicted = logits.argmax(1).numpy()
+    accuracy = float((predicted == data.y_val).mean())
+    return Validation(loss, accuracy, confusion(data.y_val, predicted, len(data.classes)))
+
+
+def fit(model: nn.Module, data: CifarData, cfg: TrainConfig,
+        on_event: EventHandler | None = None, stop: threading.Event | None = None) -> FitResult:
+    """Train ``model`` on ``data.x_train``, validating after every epoch."""
+    setup = set_up(model, data, cfg)
+    stopping = EarlyStopping.for_config(cfg)
     history: list[EpochRecord] = []
-    best_value, best_epoch, since_best = math.inf, 0, 0
     best_state = copy.deepcopy(model.state_dict())
     stopped_early = stopped_by_user = False
-    start = time.perf_counter()
-    images_done = 0
+    setup.started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
         epoch_start = time.perf_counter()
-        perm = torch.randperm(n, generator=order_gen).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        grad_sums = torch.zeros(len(weighted), device=device)
-        lr = optimizer.param_groups[0]["lr"]
-        seen = 0
-        for b in range(batches):
-            idx = perm[b * batch_size:(b + 1) * batch_size]
-            x = augment(to_input(x_train[idx]), cfg.augmentation, aug_gen)
-            x = x.contiguous(memory_format=memory_format)
-            y = y_train[idx]
-            with autocast(device, bf16):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_sums += torch.stack(torch._foreach_norm([w.grad for _, w in weighted]))
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-            steps = b + 1
-            images_done += len(y)
-            if on_event:
-                elapsed = time.perf_counter() - start
-                on_event(BatchEvent(epoch, b + 1, batches, loss.item(),
-                                    images_done / max(elapsed, 1e-9), elapsed))
-            if stop is not None and stop.is_set():
-                stopped_by_user = True
-                break
-        if seen == 0:
-            break
-        val_logits = predict_logits(model, data.x_val, device, bf16, cfg.tta_flip)
-        val_labels = torch.from_numpy(data.y_val)
-        val_loss = F.cross_entropy(val_logits, val_labels).item()
-        val_pred = val_logits.argmax(1).numpy()
-        val_acc = float((val_pred == data.y_val).mean())
-        record = EpochRecord(epoch, (loss_sum / seen).item(), correct.item() / seen,
-                             val_loss, val_acc, lr, time.perf_counter() - epoch_start)
+        trained = train_epoch(model, setup, cfg, epoch, on_event, stop)
+        stopped_by_user = trained.stopped
+        val = validate(model, data, setup, cfg.tta_flip)
+        record = EpochRecord(epoch, trained.loss, trained.accuracy, val.loss, val.accuracy, trained.lr,
+                             time.perf_counter() - epoch_start)
         history.append(record)
-        value = val_loss if minimize else -val_acc
-        improved = value < best_value
+        improved = stopping.update(epoch, val.loss, val.accuracy)
         if improved:
-            best_value, best_epoch, since_best = value, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
-        else:
-            since_best += 1
+        stopped_early = not stopped_by_user and stopping.should_stop
+        last = stopped_by_user or stopped_early or epoch == cfg.epochs
         if on_event:
-            grad_norms = dict(zip([name for name, _ in weighted], (grad_sums / steps).tolist()))
-            on_event(EpochEvent(record, best_epoch, since_best, improved,
-                                _confusion(data.y_val, val_pred, len(data.classes)), grad_norms))
-        if stopped_by_user:
+            on_event(EpochEvent(record, stopping.best_epoch, stopping.since_best, improved,
+                                val.confusion, trained.grad_norms, last, stopped_early))
+        if last:
             break
-        if cfg.early_stopping and since_best >= cfg.patience:
-            stopped_early = True
-            break
-    train_seconds = time.perf_counter() - start
+    train_seconds = time.perf_counter() - setup.started
+    best_epoch = stopping.best_epoch
     if cfg.restore_best and history:
         model.load_state_dict(best_state)
     else:
         best_state = copy.deepcopy(model.state_dict())
         best_epoch = history[-1].epoch if history else 0
     return FitResult(history, best_epoch, best_state, stopped_early, stopped_by_user,
-                     train_seconds, images_done / max(train_seconds, 1e-9))
+                     train_seconds, setup.images_done / max(train_seconds, 1e-9))

@@ -11,13 +11,12 @@ from conftest import CLASSES, make_archive, write_cifar
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from cifar_core.config import PRESETS, ModelConfig, TrainConfig
 from cifar_core.data import load_cifar10
 from cifar_core.inference import predict_files
-from cifar_core.model import ModelConfig, build_model, count_parameters
+from cifar_core.model import build_model, count_parameters
 from cifar_core.pipeline import train_run
-from cifar_core.presets import PRESETS
 from cifar_core.runs import load_run
-from cifar_core.training import TrainConfig
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 

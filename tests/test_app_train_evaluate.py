@@ -13,10 +13,10 @@ import torch
 from helpers import array
 from streamlit.testing.v1 import AppTest
 
+from cifar_core.config import get_preset
 from cifar_core.data import load_cifar10
 from cifar_core.jobs import get_registry
 from cifar_core.pipeline import train_run
-from cifar_core.presets import get_preset
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 

@@ -22,13 +22,12 @@ from conftest import dumps, synthetic_images, write_cifar
 from PIL import Image
 
 from cifar_core.__main__ import main
+from cifar_core.config import PRESETS, ModelConfig, TrainConfig
 from cifar_core.data import load_cifar10
 from cifar_core.evaluation import evaluate
 from cifar_core.inference import predict_files
-from cifar_core.model import ModelConfig, build_model, count_parameters
-from cifar_core.presets import PRESETS
+from cifar_core.model import build_model, count_parameters
 from cifar_core.runs import RunWriter, load_run
-from cifar_core.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() \

@@ -13,12 +13,11 @@ from helpers import array
 from streamlit.testing.v1 import AppTest
 
 from cifar_core.compare import config_diff, curves_frame, format_value, leaderboard
+from cifar_core.config import ModelConfig, TrainConfig
 from cifar_core.data import load_cifar10
 from cifar_core.evaluation import evaluate
-from cifar_core.model import ModelConfig
 from cifar_core.pipeline import train_run
 from cifar_core.runs import Run, load_run
-from cifar_core.training import TrainConfig
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 TINY = TrainConfig(epochs=3, augmentation="none", early_stopping=False, precision="fp32", device="cpu")

@@ -20,12 +20,12 @@ import torch
 
 from cifar_core import runs
 from cifar_core.__main__ import main
+from cifar_core.config import ModelConfig, TrainConfig
 from cifar_core.data import CifarData, load_cifar10, subset
 from cifar_core.jobs import JobRegistry
-from cifar_core.model import ModelConfig
 from cifar_core.pipeline import train_run
 from cifar_core.runs import RunError, RunWriter, list_runs, load_run
-from cifar_core.training import HISTORY_COLUMNS, TrainConfig
+from cifar_core.training import HISTORY_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() \

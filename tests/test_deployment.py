@@ -10,11 +10,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cifar_core import deployment, jobs
+from cifar_core.config import ModelConfig, TrainConfig
 from cifar_core.data import load_cifar10
 from cifar_core.deployment import cpu_quota, current_profile, detect
 from cifar_core.jobs import JobLimitError, JobRegistry, default_torch_threads
-from cifar_core.model import ModelConfig
-from cifar_core.training import TrainConfig
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 

@@ -10,9 +10,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cifar_core import experiments
+from cifar_core.config import get_preset
 from cifar_core.data import load_cifar10, to_images
 from cifar_core.experiments import EXPERIMENTS, Summary, as_presented, result_record
-from cifar_core.presets import get_preset
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from cifar_core.config import ModelConfig, TrainConfig, get_preset
 from cifar_core.data import load_cifar10
 from cifar_core.explain import (
     cell_centres,
@@ -20,9 +21,8 @@ from cifar_core.explain import (
     saliency,
     upsample_to_input,
 )
-from cifar_core.model import ACTIVATIONS, ModelConfig, build_model, layer_table
-from cifar_core.presets import get_preset
-from cifar_core.training import TrainConfig, fit
+from cifar_core.model import ACTIVATIONS, build_model, layer_table
+from cifar_core.training import fit
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 

@@ -22,13 +22,12 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from cifar_core import export
+from cifar_core.config import get_preset
 from cifar_core.data import DEFAULT_CLASSES, load_cifar10
 from cifar_core.export import ExportError
-from cifar_core.model import build_model
+from cifar_core.model import build_model, predict_logits
 from cifar_core.pipeline import train_run
-from cifar_core.presets import get_preset
 from cifar_core.runs import HISTORY_FILE, WEIGHTS_FILE, RunWriter, load_run
-from cifar_core.training import predict_logits
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 TOLERANCE = 1e-4  # largest difference allowed between ONNX and PyTorch logits

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from cifar_core.config import get_preset
 from cifar_core.data import CifarData, load_cifar10
+from cifar_core.devices import resolve_device
 from cifar_core.evaluation import evaluate
-from cifar_core.model import build_model
+from cifar_core.model import build_model, predict_logits
 from cifar_core.pipeline import train_run
-from cifar_core.presets import get_preset
 from cifar_core.runs import load_run
-from cifar_core.training import fit, predict_logits, resolve_device
+from cifar_core.training import fit
 
 
 def accelerator() -> str | None:

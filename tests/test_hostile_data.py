@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from cifar_core import data as cdata
 from cifar_core import runs
+from cifar_core.config import ModelConfig, TrainConfig
 from cifar_core.data import (
     BATCH_FILES,
     FOLDER_NAME,
@@ -40,9 +41,8 @@ from cifar_core.data import (
     read_archive,
     safe_unpickle,
 )
-from cifar_core.model import ModelConfig, build_model
+from cifar_core.model import build_model
 from cifar_core.runs import RunError, RunWriter, load_run
-from cifar_core.training import TrainConfig
 
 TINY = ModelConfig(conv_filters=(8, 16), conv_dropout=(0.0, 0.25), dense_units=(16,),
                    dense_dropout=(0.25,))

@@ -24,6 +24,7 @@ from helpers import encode, noise
 from PIL import Image, ImageFile
 
 from cifar_core import inference
+from cifar_core.config import ModelConfig
 from cifar_core.data import DEFAULT_CLASSES
 from cifar_core.inference import (
     MAX_FILE_BYTES,
@@ -35,7 +36,7 @@ from cifar_core.inference import (
     predict_pixels,
     to_cifar,
 )
-from cifar_core.model import ModelConfig, build_model
+from cifar_core.model import build_model
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow on corrupt EXIF

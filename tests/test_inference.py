@@ -13,9 +13,10 @@ import torch
 from helpers import encode, noise
 from PIL import Image
 
+from cifar_core.config import ModelConfig
 from cifar_core.data import DEFAULT_CLASSES
 from cifar_core.inference import ImageError, decode_image, predict_files, predict_pixels, to_cifar
-from cifar_core.model import ModelConfig, build_model
+from cifar_core.model import build_model
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 

@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from cifar_core import jobs
+from cifar_core.config import TrainConfig, get_preset
 from cifar_core.data import CifarData, load_cifar10
 from cifar_core.jobs import JobLimitError, JobRegistry, JobSnapshot, default_torch_threads, get_registry
-from cifar_core.presets import get_preset
-from cifar_core.training import TrainConfig
 
 PRESET = get_preset("baseline")
 

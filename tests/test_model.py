@@ -10,12 +10,11 @@ import torch
 from scipy import stats
 from torch import nn
 
+from cifar_core.config import ConfigError, ModelConfig
 from cifar_core.model import (
     CIFAR_MEAN,
     CIFAR_STD,
-    ConfigError,
     Dropout,
-    ModelConfig,
     build_model,
     count_parameters,
     layer_table,

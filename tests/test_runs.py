@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from cifar_core import runs
+from cifar_core.config import ModelConfig, TrainConfig
 from cifar_core.data import DEFAULT_CLASSES, CifarData, load_cifar10
 from cifar_core.evaluation import Evaluation, evaluate
-from cifar_core.model import ModelConfig
 from cifar_core.pipeline import train_run
 from cifar_core.runs import (
     RunError,
@@ -30,7 +30,7 @@ from cifar_core.runs import (
     new_run_dir,
     read_history,
 )
-from cifar_core.training import BatchEvent, EpochEvent, EpochRecord, TrainConfig
+from cifar_core.training import BatchEvent, EpochEvent, EpochRecord
 
 TINY = ModelConfig(conv_filters=(8, 16), conv_dropout=(0.0, 0.25), dense_units=(32,),
                    dense_dropout=(0.25,))

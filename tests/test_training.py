@@ -5,6 +5,7 @@ and every figure it reports agrees with a recomputation from the model."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -14,18 +15,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix
 
-from cifar_core import training
+from cifar_core import devices, training
+from cifar_core.config import ConfigError, ModelConfig, TrainConfig
 from cifar_core.data import CifarData, load_cifar10
-from cifar_core.model import ConfigError, ModelConfig, build_model
-from cifar_core.training import (
-    BatchEvent,
-    EpochEvent,
-    TrainConfig,
-    fit,
-    predict_logits,
-    resolve_device,
-    use_bf16,
-)
+from cifar_core.devices import resolve_device, use_bf16
+from cifar_core.model import build_model, predict_logits
+from cifar_core.training import BatchEvent, EpochEvent, fit
 
 TINY = ModelConfig(conv_filters=(8, 16), conv_dropout=(0.0, 0.25), dense_units=(32,),
                    dense_dropout=(0.25,))
@@ -237,7 +232,7 @@ def test_precision_choice() -> None:
     cpu = torch.device("cpu")
     assert use_bf16("fp32", cpu) is False
     assert use_bf16("bf16", cpu) is True
-    assert use_bf16("auto", cpu) == training.cpu_has_native_bf16()
+    assert use_bf16("auto", cpu) == devices.cpu_has_native_bf16()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -245,3 +240,30 @@ def test_asking_for_a_missing_cuda_device_is_an_error() -> None:
     with pytest.raises(ConfigError, match="cuda"):
         resolve_device("cuda")
     assert resolve_device("cpu").type == "cpu"
+
+
+def test_early_stopping_tracker_counts_epochs_since_the_best() -> None:
+    tracker = training.EarlyStopping(monitor="val_loss", patience=2)
+    assert [tracker.update(e, loss, 0.0) for e, loss in enumerate([1.0, 0.8, 0.9, 0.85], 1)] == [
+        True, True, False, False]
+    assert (tracker.best_epoch, tracker.since_best, tracker.should_stop) == (2, 2, True)
+    by_accuracy = training.EarlyStopping(monitor="val_acc", patience=1, enabled=False)
+    assert by_accuracy.update(1, 9.0, 0.5) and not by_accuracy.update(2, 0.1, 0.4)
+    assert not by_accuracy.should_stop  # counted, but switched off
+    # Plain data: it survives a round trip through a dict (a saved run) unchanged.
+    assert training.EarlyStopping(**dataclasses.asdict(tracker)) == tracker
+
+
+@pytest.mark.parametrize("changes, last_epoch, stopped_early", [
+    ({"epochs": 3}, 3, False),
+    ({"epochs": 10, "early_stopping": True, "patience": 2}, 3, True),
+])
+def test_the_epoch_event_says_whether_another_epoch_follows(
+        data: CifarData, monkeypatch: pytest.MonkeyPatch, changes: dict, last_epoch: int,
+        stopped_early: bool) -> None:
+    monkeypatch.setattr(training, "predict_logits", ConstantValidation())
+    rec = Recorder()
+    fit(tiny_model(), data, tiny_config(batch_size=128, **changes), on_event=rec)
+    events = rec.of(EpochEvent)
+    assert [e.last for e in events] == [False] * (last_epoch - 1) + [True]
+    assert events[-1].stopped_early is stopped_early

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from cifar_core.config import ModelConfig, TrainConfig
 from cifar_core.data import CifarData, load_cifar10
-from cifar_core.model import ModelConfig, build_model
-from cifar_core.training import TrainConfig, fit
+from cifar_core.model import build_model
+from cifar_core.training import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
