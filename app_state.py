@@ -1,8 +1,8 @@
-"""What the pages share: the dataset (loaded once per process) and this session's configuration.
+"""What the pages share, and what is Streamlit-specific: caches across sessions, this session's state.
 
 The dataset lives in ``st.cache_resource``, so every session and rerun reuses the same
-uint8 arrays (about 180 MB); the configuration lives in ``st.session_state``, so each
-visitor has their own and it survives moving between pages.
+uint8 arrays (about 180 MB); so do loaded models and evaluations. The configuration lives
+in ``st.session_state``, so each visitor has their own and it survives moving between pages.
 """
 
 from __future__ import annotations
@@ -11,14 +11,17 @@ import os
 
 import streamlit as st
 
-from cifar_core.bundled import MODELS_DIR, bundled_runs
+from cifar_core.bundled import bundled_runs
 from cifar_core.config import ModelConfig, TrainConfig, get_preset
 from cifar_core.data import CifarData, DataError, load_cifar10
 from cifar_core.deployment import current_profile
+from cifar_core.evaluation import Evaluation, EvaluationStore, evaluate
+from cifar_core.jobs import get_registry
 from cifar_core.model import CifarCNN
-from cifar_core.runs import WEIGHTS_FILE, Run, list_runs, load_run
+from cifar_core.runs import Run, list_runs, load_run
 
 DEFAULT_PRESET = "baseline"
+TRAIN_JOB_KEY = "train.job_id"  # this session's job on the Train page
 
 
 @st.cache_resource(show_spinner="Loading CIFAR-10 (once for everyone)...")
@@ -64,17 +67,14 @@ def set_config(preset: str, model: ModelConfig, train: TrainConfig) -> None:
     st.session_state.config = (preset, model, train)
 
 
+def all_runs() -> list[Run]:
+    """Every readable run in the runs folder (newest first), then the bundled models."""
+    return list_runs() + bundled_runs()
+
+
 def trained_runs() -> list[Run]:
     """Runs that have weights (newest first), then the bundled pretrained models."""
-    return [run for run in list_runs() if (run.path / WEIGHTS_FILE).exists()] + bundled_runs()
-
-
-def run_label(run: Run) -> str:
-    """How a trained run is named in a select box: folder, preset, accuracy, status."""
-    accuracy = run.metrics.get("test_acc") or run.metrics.get("val_acc")
-    shown = f", {accuracy:.1%} accuracy" if isinstance(accuracy, float) else ""
-    bundled = " - bundled" if run.path.parent == MODELS_DIR else ""
-    return f"{run.name} ({run.config.get('preset') or 'custom'}{shown}, {run.status}{bundled})"
+    return [run for run in list_runs() if run.has_weights] + bundled_runs()
 
 
 # Fewer on a small cloud host (cifar_core.deployment): each model holds its weights and buffers.
@@ -85,4 +85,48 @@ def _load_model(path: str, weights_mtime: float) -> CifarCNN:
 
 def load_model(run: Run) -> CifarCNN:
     """The run's network on the CPU, cached; reloaded when a still-running job saves new weights."""
-    return _load_model(str(run.path), (run.path / WEIGHTS_FILE).stat().st_mtime)
+    return _load_model(str(run.path), run.weights_mtime())
+
+
+# --- evaluations, shared by every session -------------------------------------------
+
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
+CACHED_EVALUATIONS = 8
+
+
+@st.cache_resource
+def _evaluations() -> EvaluationStore:
+    # An evaluation of the test set takes seconds on a CPU and is the same for everyone. A
+    # plain store rather than st.cache_data because the progress bar must be drawn while
+    # the computation runs.
+    return EvaluationStore(CACHED_EVALUATIONS)
+
+
+def evaluation(run: Run, split: str, data: CifarData) -> Evaluation:
+    """The run's predictions on a split, computed once per run, split and weights (with a
+    progress bar while it is computed)."""
+    images, labels = data.split(split)
+    key = (str(run.path), split, run.weights_mtime(), str(data.source), len(labels))
+    store = _evaluations()
+    found = store.get(key)
+    if found is not None:
+        return found
+    what = f"{SPLIT_NAMES[split]} images"
+    bar = st.progress(0.0, text=f"Classifying {len(labels):,} {what}...")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / total, text=f"Classifying {what}: {done:,} / {total:,}")
+
+    cfg = run.train_config
+    result = evaluate(load_model(run), images, labels, data.classes, precision=cfg.precision,
+                      tta_flip=cfg.tta_flip, progress=progress)
+    bar.empty()
+    store.put(key, result)
+    return result
+
+
+def last_trained_dir() -> str | None:
+    """The run folder of this session's last job on the Train page, once that job has ended."""
+    job_id = st.session_state.get(TRAIN_JOB_KEY)
+    snap = get_registry().snapshot(job_id) if job_id else None
+    return str(snap.run_dir) if snap is not None and snap.run_dir and not snap.active else None

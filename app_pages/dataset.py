@@ -6,20 +6,20 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
-import torch
 
+import app_figures as figures
 import app_state
-from cifar_core import plots
-from cifar_core.augment import AUGMENTATIONS, augment
+from cifar_core import stats
+from cifar_core.augment import AUGMENTATIONS, augmented_copies
 from cifar_core.data import (
     ARCHIVE_NAME,
     ARCHIVE_URL,
     CifarData,
     DataError,
+    as_presented_images,
     candidate_dirs,
     download_archive,
     install_archive,
-    to_images,
 )
 from cifar_core.model import CIFAR_MEAN, CIFAR_STD
 
@@ -48,7 +48,7 @@ def installed(message: str) -> None:
     """Drop the cached (missing or old) dataset and start the page again with the new one."""
     app_state.reload_data()
     pixel_histograms.clear()  # keyed on the folder, which may now hold different images
-    st.session_state["data.installed"] = message
+    st.session_state["dataset.installed"] = message
     st.rerun()
 
 
@@ -80,7 +80,7 @@ def install_upload(raw: bytes, folder: Path) -> None:
     installed(f"Checked and installed the uploaded archive in {folder}.")
 
 
-def get_data_panel() -> None:
+def draw_data_panel() -> None:
     folder = install_folder()
     st.markdown(
         f"The app reads CIFAR-10 from **`{folder}`** (the `CIFAR10_DIR` environment variable, "
@@ -91,18 +91,18 @@ def get_data_panel() -> None:
     left, right = st.columns(2, gap="large")
     with left:
         st.markdown("**Download it from the University of Toronto**")
-        if st.button("Download CIFAR-10 (163 MB)", icon=":material/download:", key="data.download"):
+        if st.button("Download CIFAR-10 (163 MB)", icon=":material/download:", key="dataset.download"):
             download_and_install(folder)
     with right:
-        upload = st.file_uploader(f"Or upload {ARCHIVE_NAME}", type=["gz", "tgz"], key="data.upload")
+        upload = st.file_uploader(f"Or upload {ARCHIVE_NAME}", type=["gz", "tgz"], key="dataset.upload")
         if upload is not None and st.button("Check and install", icon=":material/inventory:",
-                                            key="data.install"):
+                                            key="dataset.install"):
             install_upload(upload.getvalue(), folder)
 
 
 # --- what is in it --------------------------------------------------------------------
 
-def overview(data: CifarData) -> None:
+def draw_overview(data: CifarData) -> None:
     cols = st.columns(5)
     cols[0].metric("Classes", len(data.classes))
     cols[1].metric("Training images", f"{len(data.y_train):,}")
@@ -118,40 +118,30 @@ def overview(data: CifarData) -> None:
         "presentation; the 10,000 test images are kept apart until the very end.")
 
 
-def class_counts_section(data: CifarData) -> None:
+def draw_class_counts(data: CifarData) -> None:
     labels = {split: data.split(split)[1] for split in SPLITS}
-    counts = plots.class_count_table(labels, data.classes)
-    st.plotly_chart(plots.class_counts_figure(counts), key="data.class_counts")
+    counts = stats.class_count_table(labels, data.classes)
+    st.plotly_chart(figures.class_counts_figure(counts), key="dataset.class_counts")
     st.caption(
         "The test set has exactly 1,000 images per class. The training/validation split is "
         "random rather than per class, so those counts wobble a little around 4,000 and 1,000; "
         "the classes are still balanced, so accuracy is a fair summary.")
 
 
-def pick_per_class(labels: np.ndarray, per_class: int, seed: int) -> list[np.ndarray]:
-    """For every class, ``per_class`` random indices of its images (fewer if it has fewer)."""
-    rng = np.random.default_rng(seed)
-    picks = []
-    for c in range(int(labels.max()) + 1 if labels.size else 0):
-        index = np.flatnonzero(labels == c)
-        picks.append(rng.choice(index, size=min(per_class, len(index)), replace=False))
-    return picks
-
-
 @st.fragment
-def image_grid_section(data: CifarData) -> None:
+def draw_image_grid(data: CifarData) -> None:
     left, middle, right = st.columns([2, 3, 1], vertical_alignment="bottom")
-    split = left.selectbox("Split", list(SPLITS), format_func=SPLITS.get, key="data.grid_split")
-    per_class = middle.slider("Images per class", 4, 16, 10, key="data.grid_n")
-    if right.button("Reshuffle", icon=":material/shuffle:", key="data.reshuffle"):
-        st.session_state["data.grid_seed"] = st.session_state.get("data.grid_seed", 0) + 1
-    seed = st.session_state.setdefault("data.grid_seed", 0)
+    split = left.selectbox("Split", list(SPLITS), format_func=SPLITS.get, key="dataset.grid_split")
+    per_class = middle.slider("Images per class", 4, 16, 10, key="dataset.grid_n")
+    if right.button("Reshuffle", icon=":material/shuffle:", key="dataset.reshuffle"):
+        st.session_state["dataset.grid_seed"] = st.session_state.get("dataset.grid_seed", 0) + 1
+    seed = st.session_state.setdefault("dataset.grid_seed", 0)
     images, labels = data.split(split)
-    for name, index in zip(data.classes, pick_per_class(labels, per_class, seed), strict=False):
+    for name, index in zip(data.classes, stats.pick_per_class(labels, per_class, seed), strict=False):
         label, row = st.columns([1, 9], vertical_alignment="center")
         label.markdown(f"**{name}**")
         if len(index):
-            row.image(plots.image_row(images[index], scale=3))
+            row.image(figures.image_row(images[index], scale=3))
     st.caption("Enlarged by repeating pixels rather than smoothing them, so you see what the "
                "network sees: 32 × 32 pixels.")
 
@@ -159,19 +149,19 @@ def image_grid_section(data: CifarData) -> None:
 @st.cache_data(show_spinner="Counting pixel values...", max_entries=6)
 def pixel_histograms(source: str, split: str, n_images: int, _images: np.ndarray) -> np.ndarray:
     # The arrays are not hashed (too big); the source, split and size identify them.
-    return plots.pixel_histograms(_images)
+    return stats.pixel_histograms(_images)
 
 
-def pixel_statistics_section(data: CifarData) -> None:
+def draw_pixel_statistics(data: CifarData) -> None:
     split = st.columns(3)[0].selectbox("Split", list(SPLITS), format_func=SPLITS.get,
-                                       key="data.stats_split")
+                                       key="dataset.stats_split")
     images, _ = data.split(split)
     histograms = pixel_histograms(str(data.source), split, len(images), images)
-    stats = plots.channel_stats_table(histograms)
+    table = stats.channel_stats_table(histograms)
     left, right = st.columns([2, 3], gap="large")
     with left:
-        st.dataframe(stats, hide_index=True, key="data.channel_stats", column_config={
-            col: st.column_config.NumberColumn(format="%.4f") for col in stats.columns[1:]})
+        st.dataframe(table, hide_index=True, key="dataset.channel_stats", column_config={
+            col: st.column_config.NumberColumn(format="%.4f") for col in table.columns[1:]})
         st.caption(
             f"Computed exactly over all {len(images):,} {SPLITS[split]} images "
             f"({len(images) * 1024:,} pixels per channel), on a 0 to 1 scale. Blue is darker "
@@ -181,29 +171,21 @@ def pixel_statistics_section(data: CifarData) -> None:
             f"{', '.join(f'{v:.4f}' for v in CIFAR_MEAN)}, std {', '.join(f'{v:.4f}' for v in CIFAR_STD)}), "
             "so all three inputs arrive centred on 0 with a spread of about 1.")
     with right:
-        st.plotly_chart(plots.channel_histogram_figure(histograms), key="data.histograms")
-
-
-def augmented_copies(images: np.ndarray, kind: str, copies: int, seed: int) -> np.ndarray:
-    """``copies`` independently augmented versions of each uint8 image: (N, copies, 32, 32, 3)."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
-    out = augment(x.repeat_interleave(copies, 0), kind, torch.Generator().manual_seed(seed))
-    out = (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return out.reshape(len(images), copies, *images.shape[1:])
+        st.plotly_chart(figures.channel_histogram_figure(histograms), key="dataset.histograms")
 
 
 @st.fragment
-def augmentation_section(data: CifarData) -> None:
+def draw_augmentation(data: CifarData) -> None:
     current = app_state.get_config()[2].augmentation
     left, right = st.columns([5, 1], vertical_alignment="bottom")
     kind = left.radio(
         "Augmentation", AUGMENTATIONS, index=AUGMENTATIONS.index(current), horizontal=True,
-        key="data.aug_kind",
+        key="dataset.aug_kind",
         format_func=lambda k: f"{k} (your configuration)" if k == current else k,
         help="Set the augmentation used for training on the Model page; here you can compare.")
-    if right.button("Re-roll", icon=":material/casino:", key="data.reroll"):
-        st.session_state["data.aug_seed"] = st.session_state.get("data.aug_seed", 0) + 1
-    seed = st.session_state.setdefault("data.aug_seed", 0)
+    if right.button("Re-roll", icon=":material/casino:", key="dataset.reroll"):
+        st.session_state["dataset.aug_seed"] = st.session_state.get("dataset.aug_seed", 0) + 1
+    seed = st.session_state.setdefault("dataset.aug_seed", 0)
     st.markdown(AUGMENTATION_NOTES[kind])
     rng = np.random.default_rng(1000 + seed)
     images = data.x_train[rng.choice(len(data.x_train), size=min(5, len(data.x_train)), replace=False)]
@@ -213,8 +195,8 @@ def augmentation_section(data: CifarData) -> None:
     head_augmented.caption("six random versions the network could be shown instead")
     for image, copies in zip(images, versions, strict=True):
         original, augmented = st.columns([1, 6])
-        original.image(plots.upscale(image, 3))
-        augmented.image(plots.image_row(copies, scale=3, gap=6))
+        original.image(figures.upscale(image, 3))
+        augmented.image(figures.image_row(copies, scale=3, gap=6))
     st.caption(
         "Augmentation is applied afresh every time an image is drawn for training, so over "
         "many epochs the network never sees quite the same picture twice. It learns that a "
@@ -222,7 +204,7 @@ def augmentation_section(data: CifarData) -> None:
         "Validation and test images are never augmented.")
 
 
-def channel_order_section(data: CifarData) -> None:
+def draw_channel_order(data: CifarData) -> None:
     st.markdown(
         "Every image is stored as one row of 3,072 numbers: first all 1,024 red values (row by "
         "row), then all 1,024 green values, then all 1,024 blue. The presentation turned the "
@@ -234,12 +216,11 @@ def channel_order_section(data: CifarData) -> None:
     rng = np.random.default_rng(7)
     pick = rng.choice(len(data.x_train), size=min(8, len(data.x_train)), replace=False)
     correct = data.x_train[pick]
-    rows = correct.transpose(0, 3, 1, 2).reshape(len(pick), 3072)
-    scrambled = to_images(rows, "as_presented")
+    scrambled = as_presented_images(correct)
     st.markdown("**Read correctly**")
-    st.image(plots.image_row(correct, scale=4, gap=6))
+    st.image(figures.image_row(correct, scale=4, gap=6))
     st.markdown("**Read as in the presentation**: the same rows, the same numbers")
-    st.image(plots.image_row(scrambled, scale=4, gap=6))
+    st.image(figures.image_row(scrambled, scale=4, gap=6))
     st.caption(
         "In the scrambled version the top third holds only red values, the middle third green "
         "and the bottom third blue, each squeezed into three small copies side by side: a "
@@ -256,25 +237,25 @@ st.title("Dataset")
 st.caption("CIFAR-10: 60,000 small colour photos in 10 classes, collected by Alex Krizhevsky, "
            "Vinod Nair and Geoffrey Hinton.")
 
-if message := st.session_state.pop("data.installed", None):
+if message := st.session_state.pop("dataset.installed", None):
     st.success(message)
 
 data, error = app_state.load_data()
 if data is None:
     st.warning(f"No usable CIFAR-10 yet. {error}")
-    get_data_panel()
+    draw_data_panel()
 else:
     with st.expander(f"Data source: `{data.source}`", icon=":material/folder:"):
-        get_data_panel()
-    overview(data)
+        draw_data_panel()
+    draw_overview(data)
     tabs = st.tabs(["Classes", "Images", "Pixel statistics", "Augmentation", "Channel-order mistake"])
     with tabs[0]:
-        class_counts_section(data)
+        draw_class_counts(data)
     with tabs[1]:
-        image_grid_section(data)
+        draw_image_grid(data)
     with tabs[2]:
-        pixel_statistics_section(data)
+        draw_pixel_statistics(data)
     with tabs[3]:
-        augmentation_section(data)
+        draw_augmentation(data)
     with tabs[4]:
-        channel_order_section(data)
+        draw_channel_order(data)

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 import app_state
-from app_state import get_data, load_model, trained_runs
-from cifar_core.bundled import MODELS_DIR
-from cifar_core.compare import config_diff, curves_frame, format_value, leaderboard
-from cifar_core.data import CifarData
-from cifar_core.evaluation import Evaluation, evaluate
-from cifar_core.jobs import get_registry
-from cifar_core.plots import (
+from app_figures import (
     add_cell_picker,
     comparison_curves_figure,
     confusion_change_figure,
@@ -26,12 +16,14 @@ from cifar_core.plots import (
     per_class_figure,
     upscale,
 )
-from cifar_core.runs import WEIGHTS_FILE, Run, RunError, list_runs
+from cifar_core.compare import config_diff, curves_frame, leaderboard
+from cifar_core.evaluation import Evaluation, matrix_accuracy
+from cifar_core.formatting import format_images, format_percent, format_setting
+from cifar_core.runs import Run, RunError
 
 SPLITS = {"val": "Validation", "test": "Test"}
 EVALUABLE = ("finished", "stopped", "interrupted")
 GALLERY_COLUMNS = 8
-CACHED_EVALUATIONS = 8
 
 HELP_SPLIT = (
     "**Validation** images (20% of the training set, never trained on) chose the best epoch "
@@ -66,120 +58,62 @@ HELP_COMPARE = (
     "differ, and their results. The leaderboard below lists every run in the runs folder.")
 
 
-# --- which run, and its evaluation (computed once per run, split and weights) ------
+# --- which run ------------------------------------------------------------------
 
-@st.cache_resource
-def _evaluations() -> tuple[threading.Lock, OrderedDict]:
-    # Shared by every session: an evaluation of the test set takes seconds on a CPU and
-    # is the same for everyone. A plain store rather than st.cache_data because the
-    # progress bar must be drawn by this page while the computation runs.
-    return threading.Lock(), OrderedDict()
-
-
-def run_label(run: Run) -> str:
-    if run.path.parent == MODELS_DIR:
-        prefix = f"Bundled model '{run.name}'"
-    else:
-        prefix = f"{run.name} ({run.status})"
-    details = [run.config.get("preset") or "custom"]
-    if run.config.get("subset"):
-        details.append(f"{run.config['subset']:,} images")
-    if isinstance(run.metrics.get("test_acc"), float):
-        details.append(f"test {run.metrics['test_acc']:.1%}")
-    return f"{prefix} · {' · '.join(details)}"
-
-
-def choose_run(runs: list[Run]) -> Run:
+def draw_run_choice(runs: list[Run]) -> Run:
     by_path = {str(run.path): run for run in runs}
-    latest = st.session_state.get("eval.last_trained")
-    job_dir = last_trained_dir()
+    latest = st.session_state.get("evaluate.last_trained")
+    job_dir = app_state.last_trained_dir()
     if job_dir in by_path and job_dir != latest:
         # A run this session just trained: show it, once, instead of the old choice.
-        st.session_state["eval.run"] = job_dir
-        st.session_state["eval.last_trained"] = job_dir
-    if st.session_state.get("eval.run") not in by_path:
-        st.session_state.pop("eval.run", None)
-    path = st.selectbox("Run", list(by_path), format_func=lambda p: run_label(by_path[p]),
-                        key="eval.run", help="Finished, stopped and interrupted runs that have "
+        st.session_state["evaluate.run"] = job_dir
+        st.session_state["evaluate.last_trained"] = job_dir
+    if st.session_state.get("evaluate.run") not in by_path:
+        st.session_state.pop("evaluate.run", None)
+    path = st.selectbox("Run", list(by_path), format_func=lambda p: by_path[p].label,
+                        key="evaluate.run", help="Finished, stopped and interrupted runs that have "
                         "saved weights, newest first, then the pretrained models shipped with the app.")
     return by_path[path]
 
 
-def last_trained_dir() -> str | None:
-    """The run folder of this session's last job on the Train page, once that job has ended."""
-    job_id = st.session_state.get("train.job_id")
-    snap = get_registry().snapshot(job_id) if job_id else None
-    return str(snap.run_dir) if snap is not None and snap.run_dir and not snap.active else None
-
-
-def get_evaluation(run: Run, split: str, data: CifarData) -> Evaluation:
-    images, labels = data.split(split)
-    weights = run.path / WEIGHTS_FILE
-    key = (str(run.path), split, weights.stat().st_mtime, str(data.source), len(labels))
-    lock, store = _evaluations()
-    with lock:
-        if key in store:
-            store.move_to_end(key)
-            return store[key]
-    bar = st.progress(0.0, text=f"Classifying {len(labels):,} {SPLITS[split].lower()} images...")
-
-    def progress(done: int, total: int) -> None:
-        bar.progress(done / total, text=f"Classifying {SPLITS[split].lower()} images: {done:,} / {total:,}")
-
-    cfg = run.train_config
-    result = evaluate(load_model(run), images, labels, data.classes, precision=cfg.precision,
-                      tta_flip=cfg.tta_flip, progress=progress)
-    bar.empty()
-    with lock:
-        store[key] = result
-        while len(store) > CACHED_EVALUATIONS:
-            store.popitem(last=False)
-    return result
-
-
 # --- the figures ------------------------------------------------------------------
 
-def show_accuracy(result: Evaluation, run: Run, split: str) -> None:
+def draw_accuracy(result: Evaluation, run: Run, split: str) -> None:
     correct = int((result.predicted == result.labels).sum())
     cols = st.columns(3)
-    cols[0].metric(f"{SPLITS[split]} accuracy", f"{result.accuracy:.1%}", help=HELP_SPLIT)
+    cols[0].metric(f"{SPLITS[split]} accuracy", f"{format_percent(result.accuracy)}", help=HELP_SPLIT)
     cols[1].metric("Correct", f"{correct:,} / {len(result.labels):,}")
-    cols[2].metric("Guessing", f"{1 / len(result.classes):.0%}",
+    cols[2].metric("Guessing", f"{format_percent(1 / len(result.classes), 0)}",
                    help="What picking a class at random would score: the floor to beat.")
-    if run.config.get("subset"):
-        st.caption(f"This run trained on {run.config['subset']:,} images and was tested on a matching "
+    if run.subset:
+        st.caption(f"This run trained on {run.subset:,} images and was tested on a matching "
                    "share of the test set; here it is scored on the whole split.")
 
 
 def pick_cell(classes: tuple[str, ...]) -> None:
     """Callback of a click on the confusion matrix: show that cell's images in the gallery."""
-    event = st.session_state.get("eval.confusion")
+    event = st.session_state.get("evaluate.confusion")
     points = (event or {}).get("selection", {}).get("points", [])
     if points and points[0].get("x") in classes and points[0].get("y") in classes:
-        st.session_state["eval.true"] = points[0]["y"]
-        st.session_state["eval.predicted"] = points[0]["x"]
+        st.session_state["evaluate.true"] = points[0]["y"]
+        st.session_state["evaluate.predicted"] = points[0]["x"]
 
 
-def show_confusion(result: Evaluation, split: str) -> None:
+def draw_confusion(result: Evaluation, split: str) -> None:
     st.subheader("Confusion matrix")
-    normalized = st.toggle("Row shares instead of counts", key="eval.normalize",
+    normalized = st.toggle("Row shares instead of counts", key="evaluate.normalize",
                            help="Divide each row by its total, so classes compare on the same scale.")
     fig = confusion_figure(result.confusion(normalize=normalized), result.classes, normalized,
                            title=f"{SPLITS[split]} set: true class (rows) vs prediction (columns)")
     add_cell_picker(fig, result.classes)
-    st.plotly_chart(fig, width="stretch", key="eval.confusion", on_select=lambda: pick_cell(result.classes),
-                    selection_mode="points")
+    st.plotly_chart(fig, width="stretch", key="evaluate.confusion",
+                    on_select=lambda: pick_cell(result.classes), selection_mode="points")
     st.caption("Click a cell to see its images below, the most confident first.")
     with st.expander("How to read a confusion matrix"):
         st.markdown(HELP_CONFUSION)
 
 
-def matrix_accuracy(matrix: np.ndarray) -> float:
-    """The share of right answers in a confusion matrix: its diagonal over its total."""
-    return float(np.trace(matrix) / max(matrix.sum(), 1))
-
-
-def show_epochs(run: Run, classes: tuple[str, ...]) -> None:
+def draw_epochs(run: Run, classes: tuple[str, ...]) -> None:
     """The validation confusion matrix after each epoch, what changed, and accuracy per epoch."""
     st.subheader("The confusion matrix through training")
     matrices = run.val_confusions()
@@ -188,13 +122,13 @@ def show_epochs(run: Run, classes: tuple[str, ...]) -> None:
                 "recorded, and the bundled models, only have the final one).")
         return
     epochs = len(matrices)
-    best = int(run.metrics.get("best_epoch") or 0) or None
+    best = run.metrics.best_epoch or None
     if epochs > 1:
-        if st.session_state.get("eval.epoch_run") != str(run.path) or \
-                st.session_state.get("eval.epoch", 0) > epochs:
-            st.session_state["eval.epoch"] = epochs  # another run: start at its last epoch
-            st.session_state["eval.epoch_run"] = str(run.path)
-        epoch = st.slider("Epoch", 1, epochs, key="eval.epoch",
+        if st.session_state.get("evaluate.epoch_run") != str(run.path) or \
+                st.session_state.get("evaluate.epoch", 0) > epochs:
+            st.session_state["evaluate.epoch"] = epochs  # another run: start at its last epoch
+            st.session_state["evaluate.epoch_run"] = str(run.path)
+        epoch = st.slider("Epoch", 1, epochs, key="evaluate.epoch",
                           help="The validation matrix after this epoch of training.")
     else:
         epoch = 1
@@ -203,7 +137,7 @@ def show_epochs(run: Run, classes: tuple[str, ...]) -> None:
     images = int(current.sum())
     accuracy = matrix_accuracy(current)
     cols = st.columns(3)
-    cols[0].metric(f"Validation accuracy after epoch {epoch}", f"{accuracy:.1%}",
+    cols[0].metric(f"Validation accuracy after epoch {epoch}", f"{format_percent(accuracy)}",
                    delta=(f"{100 * (accuracy - matrix_accuracy(matrices[epoch - 2])):+.1f} points "
                           f"since epoch {epoch - 1}" if epoch > 1 else None))
     cols[1].metric("Right answers", f"{int(np.trace(current)):,} / {images:,}")
@@ -212,53 +146,54 @@ def show_epochs(run: Run, classes: tuple[str, ...]) -> None:
                        help="The epoch whose weights were kept; the rest of this page uses them.")
     left, right = st.columns(2)
     left.plotly_chart(confusion_figure(current, classes, title=f"After epoch {epoch}"),
-                      width="stretch", key="eval.epoch_confusion")
+                      width="stretch", key="evaluate.epoch_confusion")
     if epoch > 1:
         right.plotly_chart(confusion_change_figure(current, matrices[epoch - 2], classes,
                                                    title=f"Change from epoch {epoch - 1} to {epoch}"),
-                           width="stretch", key="eval.epoch_change")
+                           width="stretch", key="evaluate.epoch_change")
     else:
         right.info("Epoch 1 has no epoch before it: move the slider to see what each epoch changed.")
     st.plotly_chart(epoch_accuracy_figure(matrices, classes, epoch, best), width="stretch",
-                    key="eval.epoch_accuracy")
+                    key="evaluate.epoch_accuracy")
     st.caption(HELP_EPOCHS + f" These are the {images:,} validation images used while training"
-               + (" (a share matching the training subset)." if run.config.get("subset") else "."))
+               + (" (a share matching the training subset)." if run.subset else "."))
 
 
-def show_per_class(result: Evaluation) -> None:
+def draw_per_class(result: Evaluation) -> None:
     st.subheader("Per class")
     report = result.per_class()
     left, right = st.columns([2, 3])
-    left.dataframe(report, hide_index=True, width="stretch", key="eval.per_class", column_config={
+    left.dataframe(report, hide_index=True, width="stretch", key="evaluate.per_class", column_config={
         "precision": st.column_config.NumberColumn(format="percent"),
         "recall": st.column_config.NumberColumn(format="percent"),
         "f1": st.column_config.NumberColumn("F1", format="percent"),
     })
-    right.plotly_chart(per_class_figure(report), width="stretch", key="eval.per_class_bars")
+    right.plotly_chart(per_class_figure(report), width="stretch", key="evaluate.per_class_bars")
     st.caption(HELP_PER_CLASS)
 
 
-def show_mistakes(result: Evaluation, images: np.ndarray) -> None:
+def draw_mistakes(result: Evaluation, images: np.ndarray) -> None:
     st.subheader("Most confident mistakes")
     st.caption(HELP_MISTAKES)
     names = ["any", *result.classes]
     a, b, c = st.columns(3)
-    true_name = a.selectbox("True class", names, key="eval.true")
-    predicted_name = b.selectbox("Predicted as", names, key="eval.predicted")
-    limit = c.slider("How many", 8, 64, 24, step=8, key="eval.limit")
-    if true_name != "any" and predicted_name != "any":
-        rows = cell_images(result, names.index(true_name) - 1, names.index(predicted_name) - 1, limit)
-        if not rows:
+    true_name = a.selectbox("True class", names, key="evaluate.true")
+    predicted_name = b.selectbox("Predicted as", names, key="evaluate.predicted")
+    limit = c.slider("How many", 8, 64, 24, step=8, key="evaluate.limit")
+    true_class = None if true_name == "any" else names.index(true_name) - 1
+    predicted_class = None if predicted_name == "any" else names.index(predicted_name) - 1
+    if true_class is not None and predicted_class is not None:
+        cell = result.cell(true_class, predicted_class, limit)
+        if cell.empty:
             st.info(f"No {true_name} images were predicted as {predicted_name}.")
             return
         what = "right answers" if true_name == predicted_name else "images"
-        total = cell_count(result, true_name, predicted_name)
+        total = int(result.confusion()[true_class, predicted_class])
         st.markdown(f"**{true_name} predicted as {predicted_name}**: {what} in this cell, the most "
-                    f"confident first ({len(rows)} shown of {total:,}).")
+                    f"confident first ({len(cell)} shown of {total:,}).")
+        rows = cell.to_dict("records")
     else:
-        mistakes = result.mistakes(None if true_name == "any" else names.index(true_name) - 1,
-                                   None if predicted_name == "any" else names.index(predicted_name) - 1,
-                                   limit=limit)
+        mistakes = result.mistakes(true_class, predicted_class, limit=limit)
         if mistakes.empty:
             st.info("No mistakes with these classes.")
             return
@@ -266,41 +201,25 @@ def show_mistakes(result: Evaluation, images: np.ndarray) -> None:
     for start in range(0, len(rows), GALLERY_COLUMNS):
         for column, row in zip(st.columns(GALLERY_COLUMNS), rows[start:start + GALLERY_COLUMNS],
                                strict=False):
+            confidence = format_percent(row["confidence"], 0)
             column.image(upscale(images[row["index"]], 3),
-                         caption=f"{row['true']} → {row['predicted']} ({row['confidence']:.0%})")
-
-
-def cell_images(result: Evaluation, true_class: int, predicted_class: int, limit: int) -> list[dict]:
-    """The gallery rows of one confusion-matrix cell, most confident first (Evaluation.pair)."""
-    index = result.pair(true_class, predicted_class, limit=limit)
-    return [{"index": int(i), "true": result.classes[true_class],
-             "predicted": result.classes[predicted_class],
-             "confidence": float(result.probabilities[i, predicted_class])} for i in index]
-
-
-def cell_count(result: Evaluation, true_name: str, predicted_name: str) -> int:
-    t, p = result.classes.index(true_name), result.classes.index(predicted_name)
-    return int(((result.labels == t) & (result.predicted == p)).sum())
+                         caption=f"{row['true']} → {row['predicted']} ({confidence})")
 
 
 # --- run comparison -----------------------------------------------------------------
 
-def all_runs() -> list[Run]:
-    """Every readable run in the runs folder (newest first), then the bundled models."""
-    return list_runs() + app_state.bundled_runs()
-
-
-def compare_view() -> None:
-    runs = all_runs()
+def draw_comparison() -> None:
+    runs = app_state.all_runs()
     if not runs:
         st.info("No runs yet: train one on the **Train** page to compare it with others.")
         return
     st.caption(HELP_COMPARE)
     by_path = {str(run.path): run for run in runs}
-    stored = [p for p in st.session_state.get("eval.compare", []) if p in by_path]
-    st.session_state["eval.compare"] = stored if "eval.compare" in st.session_state else list(by_path)[:3]
-    chosen = st.multiselect("Runs to compare", list(by_path), key="eval.compare",
-                            format_func=lambda p: run_label(by_path[p]),
+    stored = [p for p in st.session_state.get("evaluate.compare", []) if p in by_path]
+    st.session_state["evaluate.compare"] = (stored if "evaluate.compare" in st.session_state
+                                            else list(by_path)[:3])
+    chosen = st.multiselect("Runs to compare", list(by_path), key="evaluate.compare",
+                            format_func=lambda p: by_path[p].label,
                             placeholder="Choose two or more runs")
     selected = [by_path[p] for p in chosen]
     if selected:
@@ -310,12 +229,12 @@ def compare_view() -> None:
         else:
             left, right = st.columns(2)
             left.plotly_chart(comparison_curves_figure(curves, "val_acc"), width="stretch",
-                              key="eval.compare_acc")
+                              key="evaluate.compare_acc")
             right.plotly_chart(comparison_curves_figure(curves, "val_loss"), width="stretch",
-                               key="eval.compare_loss")
+                               key="evaluate.compare_loss")
         figures_of = leaderboard(selected)
         st.markdown("##### Results")
-        show_leaderboard(figures_of, "eval.compare_results")
+        draw_leaderboard(figures_of, "evaluate.compare_results")
         st.markdown("##### Settings that differ")
         diff = config_diff(selected)
         if len(selected) < 2:
@@ -324,17 +243,17 @@ def compare_view() -> None:
             st.caption("These runs have exactly the same settings (only their seeds of chance "
                        "or their start times differ).")
         else:
-            st.dataframe(diff.map(format_value).reset_index(), hide_index=True, width="stretch",
-                         key="eval.config_diff", height=35 * (len(diff) + 1) + 3)
+            st.dataframe(diff.map(format_setting).reset_index(), hide_index=True, width="stretch",
+                         key="evaluate.config_diff", height=35 * (len(diff) + 1) + 3)
     st.markdown("##### Leaderboard: every run, best validation accuracy first")
-    show_leaderboard(leaderboard(runs), "eval.leaderboard")
+    draw_leaderboard(leaderboard(runs), "evaluate.leaderboard")
 
 
-def show_leaderboard(frame: pd.DataFrame, key: str) -> None:
+def draw_leaderboard(frame: pd.DataFrame, key: str) -> None:
     """A leaderboard frame as a table: accuracies in percent, 'all' for the whole training set."""
     shown = frame.assign(
         val_acc=frame["val_acc"] * 100, test_acc=frame["test_acc"] * 100,
-        images=[f"{int(v):,}" if v == v else "all" for v in frame["images"]])
+        images=[format_images(v) for v in frame["images"]])
     st.dataframe(shown, hide_index=True, width="stretch", key=key,
                  height=35 * (len(shown) + 1) + 3 if len(shown) <= 15 else "auto", column_config={
         "val_acc": st.column_config.NumberColumn("val acc", format="%.1f%%"),
@@ -348,32 +267,32 @@ def show_leaderboard(frame: pd.DataFrame, key: str) -> None:
 
 # --- the page ---------------------------------------------------------------------
 
-def one_run_view() -> None:
-    runs = [r for r in trained_runs() if r.status in EVALUABLE or Path(r.path).parent == MODELS_DIR]
+def draw_one_run() -> None:
+    runs = [r for r in app_state.trained_runs() if r.status in EVALUABLE or r.is_bundled]
     if not runs:
         st.info("No trained networks yet, and no pretrained models are bundled with this copy of the "
                 "app. Train one first; even a quick run on a few thousand images will do.")
         st.page_link("app_pages/train.py", label="Go to the Train page", icon=":material/model_training:")
         return
-    data = get_data()
+    data = app_state.get_data()
     if data is None:
         return
     left, right = st.columns([3, 1], vertical_alignment="bottom")
     with left:
-        run = choose_run(runs)
+        run = draw_run_choice(runs)
     split = right.radio("Images", list(SPLITS), format_func=SPLITS.get, index=1, horizontal=True,
-                        key="eval.split", help=HELP_SPLIT)
+                        key="evaluate.split", help=HELP_SPLIT)
     try:
-        result = get_evaluation(run, split, data)
+        result = app_state.evaluation(run, split, data)
     except (RunError, OSError, RuntimeError, ValueError) as err:
         # Weights from a different network shape, a file removed under us: say so, keep serving.
         st.error(f"Could not evaluate {run.name}: {err}")
         return
-    show_accuracy(result, run, split)
-    show_confusion(result, split)
-    show_mistakes(result, data.split(split)[0])  # right under the matrix whose cells pick them
-    show_per_class(result)
-    show_epochs(run, result.classes)
+    draw_accuracy(result, run, split)
+    draw_confusion(result, split)
+    draw_mistakes(result, data.split(split)[0])  # right under the matrix whose cells pick them
+    draw_per_class(result)
+    draw_epochs(run, result.classes)
 
 
 st.title("Evaluate")
@@ -381,6 +300,6 @@ st.caption("How well a trained network does on images it never learned from: ove
            "class, and the mistakes it is surest about; and how runs compare.")
 tab_run, tab_compare = st.tabs(["One run", "Compare runs"])
 with tab_run:
-    one_run_view()
+    draw_one_run()
 with tab_compare:
-    compare_view()
+    draw_comparison()

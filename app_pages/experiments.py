@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
+from app_figures import arms_curves_figure, grad_norms_figure
 from app_state import get_data
 from cifar_core.data import subset
 from cifar_core.experiments import (
     EXPERIMENTS,
     Experiment,
     Summary,
-    as_presented,
+    arm_data,
+    arms_table,
     load_results,
     summaries_from_record,
     summarize,
 )
 from cifar_core.jobs import JobLimitError, get_registry
-from cifar_core.plots import arms_curves_figure, grad_norms_figure
 from cifar_core.runs import RunError, load_run
 
 st.title("Experiments")
@@ -28,26 +28,17 @@ st.caption(
     "data ship with the app; **Rerun live** trains the same runs here.")
 
 shipped = load_results()
-name = st.selectbox("Experiment", list(EXPERIMENTS), format_func=lambda n: EXPERIMENTS[n].title)
+name = st.selectbox("Experiment", list(EXPERIMENTS), format_func=lambda n: EXPERIMENTS[n].title,
+                    key="experiments.name")
 experiment: Experiment = EXPERIMENTS[name]
 st.markdown(f"**Claim.** {experiment.claim}")
 
 
-def arms_table(summaries: list[Summary]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "run": [s.label for s in summaries],
-        "best validation accuracy": [s.best_val_acc for s in summaries],
-        "train - validation gap (last epoch)": [s.final_gap for s in summaries],
-        "test accuracy": [s.test_acc for s in summaries],
-        "epochs": [len(s.history) for s in summaries],
-    })
-
-
-def show(summaries: list[Summary], verdict: str, source: str) -> None:
+def draw_results(summaries: list[Summary], verdict: str, source: str) -> None:
     st.success(verdict, icon=":material/science:")
     st.plotly_chart(arms_curves_figure([(s.label, s.history) for s in summaries],
                                        with_train=experiment.name == "dropout"),
-                    key=f"curves-{source}-{experiment.name}")
+                    key=f"experiments.curves.{source}.{experiment.name}")
     st.dataframe(arms_table(summaries), hide_index=True, column_config={
         c: st.column_config.NumberColumn(format="percent") for c in (
             "best validation accuracy", "train - validation gap (last epoch)", "test accuracy")})
@@ -56,30 +47,30 @@ def show(summaries: list[Summary], verdict: str, source: str) -> None:
                     "layer passes back only a fraction of the gradient it receives, so the "
                     "first layers barely learn.")
         st.plotly_chart(grad_norms_figure([(s.label, s.grad_norms) for s in summaries]),
-                        key=f"grads-{source}-{experiment.name}")
+                        key=f"experiments.grads.{source}.{experiment.name}")
 
 
 st.subheader("Measured on the real data")
 record = shipped.get(name)
 if record:
     st.caption(f"{record['subset']:,} training images, seed 0. Reproduce with `{record['command']}`.")
-    show(summaries_from_record(record), record["verdict"], "shipped")
+    draw_results(summaries_from_record(record), record["verdict"], "shipped")
 else:
     st.info("No shipped results for this experiment yet: rerun it live below.")
 
 st.subheader("Rerun live")
-state_key = f"experiment-jobs-{name}"
+state_key = f"experiments.jobs.{name}"
 epochs = experiment.base.get("epochs")
 st.caption(f"{len(experiment.arms)} runs of {epochs} epochs on {experiment.subset:,} images, "
            "one after another in the training queue.")
-if st.button("Rerun live", icon=":material/play_arrow:", disabled=bool(st.session_state.get(state_key))):
+if st.button("Rerun live", icon=":material/play_arrow:", disabled=bool(st.session_state.get(state_key)),
+             key="experiments.rerun"):
     data = get_data()
     if data is not None:
         small = subset(data, experiment.subset, seed=0)
         try:
             st.session_state[state_key] = [
-                get_registry().submit(*arm.configs(experiment.base),
-                                      as_presented(small) if arm.channel_order == "as_presented" else small,
+                get_registry().submit(*arm.configs(experiment.base), arm_data(arm, small),
                                       preset="baseline", subset_size=experiment.subset)
                 for arm in experiment.arms]
         except JobLimitError as err:
@@ -87,7 +78,7 @@ if st.button("Rerun live", icon=":material/play_arrow:", disabled=bool(st.sessio
 
 
 @st.fragment(run_every=2)
-def live_progress() -> None:
+def draw_live_progress() -> None:
     job_ids = st.session_state.get(state_key)
     if not job_ids:
         return
@@ -111,10 +102,10 @@ def live_progress() -> None:
             st.error(str(err))
             return
         if len(summaries) == len(experiment.arms) and all(s.history for s in summaries):
-            show(summaries, experiment.verdict(summaries), "live")
-        if st.button("Clear", key=f"clear-{name}"):
+            draw_results(summaries, experiment.verdict(summaries), "live")
+        if st.button("Clear", key=f"experiments.clear.{name}"):
             del st.session_state[state_key]
             st.rerun()
 
 
-live_progress()
+draw_live_progress()

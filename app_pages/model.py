@@ -1,7 +1,7 @@
 """Model page: pick a preset, change any hyperparameter, and see the network it describes.
 
 The configuration itself lives in ``app_state`` (per session, shared with the Train page);
-the widgets here are a view of it. Widget keys start with ``m.``. Streamlit forgets the
+the widgets here are a view of it. Widget keys start with ``model.``. Streamlit forgets the
 state of widgets that were not drawn, so every visit seeds missing keys from the saved
 configuration, and every valid change is saved back at once.
 """
@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+import app_figures as figures
 import app_state
-from cifar_core import plots
 from cifar_core.config import (
     KERNEL_SIZES,
     PRESETS,
@@ -30,9 +30,9 @@ from cifar_core.config import (
 )
 from cifar_core.devices import resolve_device
 from cifar_core.model import build_model, count_parameters, layer_table, summary, training_flops
-from cifar_core.runs import WEIGHTS_FILE, RunError, load_weights
+from cifar_core.runs import WEIGHTS_FILE, RunError, first_conv_weights
 
-K = "m."  # prefix of this page's widget keys
+K = "model."  # prefix of this page's widget keys
 BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 HELP = {
@@ -172,7 +172,7 @@ def configs_from_widgets() -> tuple[ModelConfig, TrainConfig]:
 
 # --- widgets ----------------------------------------------------------------------------
 
-def network_settings() -> None:
+def draw_network_settings() -> None:
     st.markdown("##### Convolution blocks")
     st.slider("Blocks", 1, 6, key=K + "blocks", help=HELP["blocks"])
     for i in range(st.session_state[K + "blocks"]):
@@ -234,7 +234,7 @@ def device_label(name: str) -> str:
     return name
 
 
-def training_settings() -> None:
+def draw_training_settings() -> None:
     s = st.session_state
     st.markdown("##### Optimizer")
     left, right = st.columns(2)
@@ -298,10 +298,10 @@ def describe_network(model_json: str) -> tuple[pd.DataFrame, int, str, str]:
         "type": [r.kind for r in rows],
         "output shape": [" × ".join(str(v) for v in r.output_shape) for r in rows],
         "params": [r.params for r in rows]})
-    return table, count_parameters(model), summary(model), plots.network_dot(rows)
+    return table, count_parameters(model), summary(model), figures.network_dot(rows)
 
 
-def network_view(preset: str, model: ModelConfig) -> None:
+def draw_network(preset: str, model: ModelConfig) -> None:
     table, total, text, dot = describe_network(json.dumps(model.to_dict()))
     preset_total = describe_network(json.dumps(PRESETS[preset].model.to_dict()))[1]
     cols = st.columns(3)
@@ -317,7 +317,7 @@ def network_view(preset: str, model: ModelConfig) -> None:
     tab_table, tab_diagram, tab_summary = st.tabs(["Layer table", "Diagram", "Keras-style summary"])
     with tab_table:
         # Tall enough for every row: a scrolling layer table hides the end of the network.
-        st.dataframe(table, hide_index=True, key="m.layer_table", height=35 * (len(table) + 1) + 3,
+        st.dataframe(table, hide_index=True, key="model.layer_table", height=35 * (len(table) + 1) + 3,
                      column_config={
             "params": st.column_config.NumberColumn(format="localized")})
         st.caption("Output shapes are height × width × channels for one image, measured by "
@@ -330,31 +330,27 @@ def network_view(preset: str, model: ModelConfig) -> None:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def first_layer_filters(weights_path: str, mtime: float) -> np.ndarray:
-    """The first convolution's weights (F, 3, k, k) of a saved run."""
-    state = load_weights(Path(weights_path))
-    convs = [name for name, tensor in state.items() if tensor.ndim == 4]
-    return state[convs[0]].float().numpy()
+    return first_conv_weights(Path(weights_path))
 
 
-def filters_view() -> None:
+def draw_filters() -> None:
     runs = app_state.trained_runs()
     if not runs:
         st.info("No trained model yet. Train one on the **Train** page, then come back to see "
                 "what its first layer learned.")
         return
     by_path = {str(run.path): run for run in runs}
-    run = by_path[st.selectbox("Trained run", list(by_path), key="m.filters_run",
-                               format_func=lambda path: app_state.run_label(by_path[path]))]
-    path = run.path / WEIGHTS_FILE
+    run = by_path[st.selectbox("Trained run", list(by_path), key="model.filters_run",
+                               format_func=lambda path: by_path[path].label)]
     try:
-        weights = first_layer_filters(str(path), path.stat().st_mtime)
+        weights = first_layer_filters(str(run.path / WEIGHTS_FILE), run.weights_mtime())
     except (RunError, OSError, IndexError) as err:
         st.error(f"Could not read the filters of {run.name}: {err}")
         return
-    images = plots.filter_images(weights)
+    images = figures.filter_images(weights)
     scale = max(4, 48 // weights.shape[-1])
     for start in range(0, len(images), 16):
-        st.image(plots.image_row(images[start:start + 16], scale=scale, gap=4))
+        st.image(figures.image_row(images[start:start + 16], scale=scale, gap=4))
     st.caption(
         f"The {len(images)} filters of the first convolution, {weights.shape[-1]}×{weights.shape[-1]} "
         "weights for each colour, enlarged. Mid-grey means a weight of 0; a colour means the "
@@ -375,16 +371,16 @@ preset_name = top_left.selectbox("Preset", list(PRESETS), key=K + "preset", on_c
                                  format_func=lambda name: f"{name}: {PRESETS[name].title}",
                                  help=HELP["preset"])
 top_right.button("Reset to preset", icon=":material/restart_alt:", on_click=apply_preset,
-                 key="m.reset")
+                 key="model.reset")
 st.markdown(PRESETS[preset_name].description)
 
 settings, view = st.columns([5, 6], gap="large")
 with settings:
     tab_network, tab_training = st.tabs(["Network", "Training"])
     with tab_network:
-        network_settings()
+        draw_network_settings()
     with tab_training:
-        training_settings()
+        draw_training_settings()
 
 try:
     model_cfg, train_cfg = configs_from_widgets()
@@ -406,7 +402,7 @@ if model_cfg is not None and train_cfg is not None:
                 resolve_device(train_cfg.device)
             except ConfigError as err:
                 st.warning(f"{err}; training would fail. Choose auto or cpu.")
-        network_view(preset_name, model_cfg)
+        draw_network(preset_name, model_cfg)
 
 with st.expander("What a trained network learned: first-layer filters", icon=":material/filter:"):
-    filters_view()
+    draw_filters()

@@ -9,11 +9,18 @@ import streamlit as st
 import torch
 from PIL import Image
 
+import app_figures as figures
 import app_state
-from cifar_core import plots
-from cifar_core.bundled import DEFAULT_CLASSES
 from cifar_core.explain import feature_maps, gradcam, saliency
-from cifar_core.inference import ImageError, Prediction, decode_image, predict_pixels, to_cifar
+from cifar_core.formatting import format_percent
+from cifar_core.inference import (
+    ImageError,
+    Prediction,
+    decode_image,
+    predict_pixels,
+    predict_readable,
+    to_cifar,
+)
 from cifar_core.runs import Run, RunError
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]
@@ -60,16 +67,7 @@ def read_picture(name: str, raw: bytes) -> Picture:
     return Picture(name, image.size, thumbnail, to_cifar(image))
 
 
-def classify(model: torch.nn.Module, pictures: list[Picture], classes: tuple[str, ...],
-             tta_flip: bool) -> list[Prediction | None]:
-    """A prediction for every readable picture (one batch for all of them), None for the others."""
-    good = [p for p in pictures if p.pixels is not None]
-    predictions = iter(predict_pixels(model, np.stack([p.pixels for p in good]), classes,
-                                      [p.name for p in good], tta_flip) if good else [])
-    return [next(predictions) if p.pixels is not None else None for p in pictures]
-
-
-def choose_model() -> tuple[Run, torch.nn.Module] | None:
+def draw_model_choice() -> tuple[Run, torch.nn.Module] | None:
     runs = app_state.trained_runs()
     if not runs:
         st.info("There is no trained model yet. Train one on the **Train** page (the *quick* preset "
@@ -78,8 +76,8 @@ def choose_model() -> tuple[Run, torch.nn.Module] | None:
         st.page_link("app_pages/train.py", label="Go to the Train page", icon=":material/arrow_forward:")
         return None
     by_path = {str(run.path): run for run in runs}
-    path = st.selectbox("Model", list(by_path), key="p.run",
-                        format_func=lambda p: app_state.run_label(by_path[p]),
+    path = st.selectbox("Model", list(by_path), key="predict.run",
+                        format_func=lambda p: by_path[p].label,
                         help="Your runs that have saved weights (newest first), then the models "
                              "that come with the app.")
     run = by_path[path]
@@ -92,28 +90,28 @@ def choose_model() -> tuple[Run, torch.nn.Module] | None:
         return None
 
 
-def show_picture(picture: Picture, prediction: Prediction | None, top_k: int, index: int) -> None:
+def draw_picture(picture: Picture, prediction: Prediction | None, top_k: int, index: int) -> None:
     with st.container(border=True):
         if prediction is None:
             st.error(picture.error, icon=":material/broken_image:")
             return
         original, seen, chart = st.columns([3, 2, 5], gap="medium")
         original.image(picture.thumbnail, caption=f"{picture.name} ({picture.size[0]}×{picture.size[1]})")
-        seen.image(plots.upscale(prediction.pixels, 6), caption="What the model sees: 32×32 pixels")
+        seen.image(figures.upscale(prediction.pixels, 6), caption="What the model sees: 32×32 pixels")
         with chart:
             label, probability = prediction.top(1)[0]
-            st.markdown(f"#### Prediction: {label} ({probability:.0%})")
+            st.markdown(f"#### Prediction: {label} ({format_percent(probability, 0)})")
             if probability < 0.5:
                 st.caption("The model is unsure: no class gets more than half of the probability.")
-            st.plotly_chart(plots.top_k_figure(prediction.top(top_k), height=60 + 28 * top_k),
-                            key=f"p.top_k.{index}")
+            st.plotly_chart(figures.top_k_figure(prediction.top(top_k), height=60 + 28 * top_k),
+                            key=f"predict.top_k.{index}")
 
 
-def upload_mode(model: torch.nn.Module, classes: tuple[str, ...], tta_flip: bool,
+def draw_uploads(model: torch.nn.Module, classes: tuple[str, ...], tta_flip: bool,
                 top_k: int) -> list[tuple[Prediction, str | None]]:
     """Classify the uploads; returns (prediction, None) for each readable one."""
     files = st.file_uploader(
-        "Pictures to classify", type=IMAGE_TYPES, accept_multiple_files=True, key="p.files",
+        "Pictures to classify", type=IMAGE_TYPES, accept_multiple_files=True, key="predict.files",
         help="PNG, JPEG, WebP, BMP or GIF (first frame), up to 20 MB and 40 megapixels each.")
     if not files:
         st.caption(
@@ -122,23 +120,24 @@ def upload_mode(model: torch.nn.Module, classes: tuple[str, ...], tta_flip: bool
             "The model only knows its 10 classes, so anything else is forced into one of them.")
         return []
     pictures = [read_picture(f.name, f.getvalue()) for f in files]
-    predictions = classify(model, pictures, classes, tta_flip)
+    predictions = predict_readable(model, [p.pixels for p in pictures], [p.name for p in pictures],
+                                   classes, tta_flip)
     for index, (picture, prediction) in enumerate(zip(pictures, predictions, strict=True)):
-        show_picture(picture, prediction, top_k, index)
+        draw_picture(picture, prediction, top_k, index)
     return [(p, None) for p in predictions if p is not None]
 
 
-def test_images_mode(model: torch.nn.Module, classes: tuple[str, ...],
+def draw_test_images(model: torch.nn.Module, classes: tuple[str, ...],
                      tta_flip: bool) -> list[tuple[Prediction, str | None]]:
     """Classify random test images; returns (prediction, true class) for each."""
     data = app_state.get_data()
     if data is None:
         return []
     left, right = st.columns([4, 1], vertical_alignment="bottom")
-    n = left.slider("How many test images", 4, 36, 12, step=4, key="p.n")
-    if right.button("New images", icon=":material/shuffle:", key="p.shuffle"):
-        st.session_state["p.seed"] = st.session_state.get("p.seed", 0) + 1
-    rng = np.random.default_rng(st.session_state.setdefault("p.seed", 0))
+    n = left.slider("How many test images", 4, 36, 12, step=4, key="predict.n")
+    if right.button("New images", icon=":material/shuffle:", key="predict.shuffle"):
+        st.session_state["predict.seed"] = st.session_state.get("predict.seed", 0) + 1
+    rng = np.random.default_rng(st.session_state.setdefault("predict.seed", 0))
     index = rng.choice(len(data.y_test), size=min(n, len(data.y_test)), replace=False)
     predictions = predict_pixels(model, data.x_test[index], classes,
                                  [f"test image {i}" for i in index], tta_flip)
@@ -151,26 +150,26 @@ def test_images_mode(model: torch.nn.Module, classes: tuple[str, ...],
                 range(start + 1, start + per_row + 1), st.columns(per_row),
                 predictions[start:start + per_row], truth[start:start + per_row], strict=False):
             label, probability = prediction.top(1)[0]
-            col.image(plots.upscale(prediction.pixels, 4), caption=f"#{number}")
+            col.image(figures.upscale(prediction.pixels, 4), caption=f"#{number}")
             if label == true:
-                col.markdown(f":green[**✓ {label}**] {probability:.0%}")
+                col.markdown(f":green[**✓ {label}**] {format_percent(probability, 0)}")
             else:
-                col.markdown(f":red[**✗ {label}**] {probability:.0%}  \ntrue class: {true}")
+                col.markdown(f":red[**✗ {label}**] {format_percent(probability, 0)}  \ntrue class: {true}")
     return list(zip(predictions, truth, strict=True))
 
 
 # --- where the model looked -------------------------------------------------------------
 
-def explain_section(model: torch.nn.Module, items: list[tuple[Prediction, str | None]],
+def draw_explanation(model: torch.nn.Module, items: list[tuple[Prediction, str | None]],
                     classes: tuple[str, ...]) -> None:
     """Grad-CAM (or saliency) for one chosen image, its predicted class and a class the user picks;
     then the feature maps of every conv layer for that image."""
     st.subheader("Where the model looked")
-    names = [f"{p.name}: predicted {p.label} ({p.top(1)[0][1]:.0%})" if true is None else
-             f"#{i + 1}, {p.name}: predicted {p.label} ({p.top(1)[0][1]:.0%}), true class {true}"
-             for i, (p, true) in enumerate(items)]
-    choice = st.selectbox("Image", range(len(items)), key="p.explain_image", format_func=names.__getitem__,
-                          help="Which of the pictures above to look into.")
+    names = [f"{p.name}: predicted {p.label} ({format_percent(p.top(1)[0][1], 0)})" if true is None else
+             f"#{i + 1}, {p.name}: predicted {p.label} ({format_percent(p.top(1)[0][1], 0)}), "
+             f"true class {true}" for i, (p, true) in enumerate(items)]
+    choice = st.selectbox("Image", range(len(items)), key="predict.explain_image",
+                          format_func=names.__getitem__, help="Which of the pictures above to look into.")
     prediction, true = items[min(choice, len(items) - 1)]
     predicted = classes.index(prediction.label)
     ranked = list(np.argsort(-prediction.probabilities))
@@ -178,13 +177,14 @@ def explain_section(model: torch.nn.Module, items: list[tuple[Prediction, str | 
     default = classes.index(true) if true is not None and true != prediction.label else int(ranked[1])
     convs = [name for name, _ in model.conv_layers()]
     a, b, c = st.columns([2, 2, 1])
+    share = [format_percent(p, 0) for p in prediction.probabilities]
     pick = a.selectbox("Compare with class", range(len(classes)), index=default,
-                       format_func=lambda k: f"{classes[k]} ({prediction.probabilities[k]:.0%})",
-                       key=f"p.explain_class.{prediction.name}",
+                       format_func=lambda k: f"{classes[k]} ({share[k]})",
+                       key=f"predict.explain_class.{prediction.name}",
                        help="Where the evidence for another class is; the true class when the "
                             "answer is wrong, else the second most likely, until you choose.")
-    method = b.radio("Method", METHODS, horizontal=True, key="p.explain_method")
-    layer = c.selectbox("Layer", convs, index=len(convs) - 1, key="p.explain_layer",
+    method = b.radio("Method", METHODS, horizontal=True, key="predict.explain_method")
+    layer = c.selectbox("Layer", convs, index=len(convs) - 1, key="predict.explain_layer",
                         disabled=method != METHODS[0],
                         help="Grad-CAM's layer: the last conv layer by default (most about the "
                              "class, coarsest); earlier ones are sharper.")
@@ -198,12 +198,12 @@ def explain_section(model: torch.nn.Module, items: list[tuple[Prediction, str | 
 
     short = "Grad-CAM" if method == METHODS[0] else "Saliency"
     panels = [("The image (32×32)", prediction.pixels),
-              (f"{short}: {classes[predicted]} (predicted, {prediction.probabilities[predicted]:.0%})",
-               plots.overlay_heatmap(prediction.pixels, heat(predicted)))]
+              (f"{short}: {classes[predicted]} (predicted, {share[predicted]})",
+               figures.overlay_heatmap(prediction.pixels, heat(predicted)))]
     if pick != predicted:
-        panels.append((f"{short}: {classes[pick]} ({prediction.probabilities[pick]:.0%})",
-                       plots.overlay_heatmap(prediction.pixels, heat(pick))))
-    st.plotly_chart(plots.explanation_figure(panels), width="stretch", key="p.explain",
+        panels.append((f"{short}: {classes[pick]} ({share[pick]})",
+                       figures.overlay_heatmap(prediction.pixels, heat(pick))))
+    st.plotly_chart(figures.explanation_figure(panels), width="stretch", key="predict.explain",
                     config={"displayModeBar": False})
     st.caption("Warm colours (yellow to red) mark where the evidence for that class is; where the "
                "picture shows through untinted, the class found nothing. " + HELP_EXPLAIN)
@@ -212,11 +212,11 @@ def explain_section(model: torch.nn.Module, items: list[tuple[Prediction, str | 
     maps = feature_maps(model, prediction.pixels)
     most = max(len(m) for m in maps.values())
     shown = st.slider("Feature maps per layer", 8, max(8, min(64, most)), min(16, most), step=8,
-                      key="p.explain_channels", disabled=most <= 8)
+                      key="predict.explain_channels", disabled=most <= 8)
     for name, layer_maps in maps.items():
         channels, height, width = layer_maps.shape
         scale = max(1, round(60 / height))  # tiles of about 60 pixels whatever the layer's size
-        st.image(plots.feature_grid(layer_maps[:shown], columns=16, scale=scale, gap=3),
+        st.image(figures.feature_grid(layer_maps[:shown], columns=16, scale=scale, gap=3),
                  caption=f"{name}: the first {min(shown, channels)} of {channels} maps, "
                          f"{height}×{width} each")
     st.caption(HELP_FEATURES)
@@ -226,17 +226,18 @@ def explain_section(model: torch.nn.Module, items: list[tuple[Prediction, str | 
 
 st.title("Predict")
 st.caption("Show a trained network new pictures and see how sure it is about each class.")
-chosen = choose_model()
+chosen = draw_model_choice()
 if chosen is not None:
     run, model = chosen
-    classes = tuple(run.metrics.get("classes") or DEFAULT_CLASSES)
+    classes = run.classes
     left, right = st.columns([3, 2])
-    mode = left.radio("Images", ("Upload your own", "Random test images"), horizontal=True, key="p.mode")
+    mode = left.radio("Images", ("Upload your own", "Random test images"), horizontal=True,
+                      key="predict.mode")
     if mode == "Upload your own":
-        top_k = right.slider("Classes to show", 1, len(classes), 5, key="p.top_k",
+        top_k = right.slider("Classes to show", 1, len(classes), 5, key="predict.top_k",
                              help="How many of the most likely classes each chart lists.")
-        shown = upload_mode(model, classes, run.train_config.tta_flip, top_k)
+        shown = draw_uploads(model, classes, run.train_config.tta_flip, top_k)
     else:
-        shown = test_images_mode(model, classes, run.train_config.tta_flip)
+        shown = draw_test_images(model, classes, run.train_config.tta_flip)
     if shown:
-        explain_section(model, shown, classes)
+        draw_explanation(model, shown, classes)

@@ -11,17 +11,19 @@ import pandas as pd
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from app_state import get_config, get_data, run_label, trained_runs
+import app_state
+from app_figures import training_curves_figure
+from app_state import get_config, get_data, trained_runs
 from cifar_core import export
+from cifar_core.compare import run_table
 from cifar_core.config import ConfigError, ModelConfig, TrainConfig, apply_overrides
 from cifar_core.data import CifarData
 from cifar_core.deployment import current_profile
+from cifar_core.formatting import MISSING, format_count, format_images, format_percent, format_seconds
 from cifar_core.jobs import JobLimitError, JobSnapshot, get_registry
 from cifar_core.model import build_model, count_parameters
-from cifar_core.plots import training_curves_figure
 from cifar_core.runs import HISTORY_FILE, WEIGHTS_FILE, Run, list_runs, load_run
 
-JOB_KEY = "train.job_id"
 SAVED_SETTINGS = "train.saved_settings"  # {widget key: (its default then, value)}
 REFRESH_SECONDS = 1.0
 
@@ -48,33 +50,9 @@ PHASES = {"waiting": "waiting for a free slot", "preparing": "preparing",
           "testing": "testing the best weights on the test set", "done": "done"}
 
 
-def fmt_seconds(seconds: float | None) -> str:
-    """Short on purpose (``42s``, ``3m 05s``, ``12m``, ``1h 12m``): it must fit a narrow metric.
-
-    Six metrics share a row on the Train page; at 1280 pixels wide ``12m 05s`` is already
-    cut to ``12m …``, so from ten minutes on the seconds are left out.
-    """
-    if seconds is None:
-        return "–"
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 10:
-        return f"{minutes}m {seconds:02d}s"
-    if minutes < 60:
-        return f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
-
-
-def fmt_pct(value: object) -> str:
-    return f"{value:.1%}" if isinstance(value, int | float) else "–"
-
-
 # --- configuration and start ----------------------------------------------------
 
-def show_config(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+def draw_config(preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     stopping = (f"early stopping on {train_cfg.monitor.replace('_', ' ')}, patience {train_cfg.patience}"
                 if train_cfg.early_stopping else "no early stopping")
     params = count_parameters(build_model(model_cfg))
@@ -103,7 +81,7 @@ def save_setting(key: str, default: int, value: int) -> None:
     st.session_state.setdefault(SAVED_SETTINGS, {})[key] = (default, value)
 
 
-def start_controls(data: CifarData, preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
+def draw_start_controls(data: CifarData, preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
                    own: JobSnapshot | None) -> None:
     n_train = len(data.y_train)
     profile = current_profile()  # a small cloud host starts with fewer images and epochs
@@ -143,14 +121,14 @@ def submit(data: CifarData, preset: str, model_cfg: ModelConfig, train_cfg: Trai
     except (JobLimitError, ConfigError) as err:
         st.error(str(err))
         return
-    st.session_state[JOB_KEY] = job_id
+    st.session_state[app_state.TRAIN_JOB_KEY] = job_id
     st.rerun()  # redraw the whole page: Start disabled, the live view polling
 
 
 def current_job() -> tuple[JobSnapshot | None, bool]:
     """(the job to show, whether this session started it): its own, else one running on the server."""
     registry = get_registry()
-    own_id = st.session_state.get(JOB_KEY)
+    own_id = st.session_state.get(app_state.TRAIN_JOB_KEY)
     own = registry.snapshot(own_id) if own_id else None
     if own is not None:
         return own, True
@@ -160,7 +138,7 @@ def current_job() -> tuple[JobSnapshot | None, bool]:
 
 # --- the live view ----------------------------------------------------------------
 
-def live_view(job_id: str, poll: bool) -> None:
+def draw_live_view(job_id: str, poll: bool) -> None:
     """Redraws itself every second while ``poll``; a full rerun follows when the job ends."""
 
     @st.fragment(run_every=REFRESH_SECONDS if poll else None)
@@ -182,7 +160,7 @@ def draw_job(snap: JobSnapshot) -> None:
         st.info(f"{what} is waiting: number {snap.queue_position} in the queue. Only a limited "
                 "number of runs train at once on this server, so they don't slow each other down; "
                 "it starts by itself when a slot frees.", icon=":material/hourglass_top:")
-        stop_button(snap, "Cancel")
+        draw_stop_button(snap, "Cancel")
         return
     if snap.active:
         draw_progress(snap, what)
@@ -199,27 +177,28 @@ def draw_progress(snap: JobSnapshot, what: str) -> None:
                          f"· {PHASES[snap.phase]}{stopping}")
     else:
         st.progress(0.0, text=f"{what} · {PHASES[snap.phase]}")
-    st.progress(snap.progress, text=f"Whole run: {snap.progress:.0%} of {snap.epochs} planned epochs"
+    st.progress(snap.progress,
+                text=f"Whole run: {format_percent(snap.progress, 0)} of {snap.epochs} planned epochs"
                 + (" (early stopping may end it sooner)" if snap.patience else ""))
     cols = st.columns(6)
-    cols[0].metric("Epoch ETA", fmt_seconds(snap.eta_epoch),
+    cols[0].metric("Epoch ETA", format_seconds(snap.eta_epoch),
                    help="Time for the rest of this epoch's training batches.")
-    cols[1].metric("Run ETA", fmt_seconds(snap.eta_run),
+    cols[1].metric("Run ETA", format_seconds(snap.eta_run),
                    help="Time left if every planned epoch runs"
                         + ("; early stopping may end the run sooner." if snap.patience else "."))
-    cols[2].metric("Images/s", f"{snap.images_per_second:,.0f}" if snap.images_per_second else "–",
-                   help=HELP_IPS)
-    cols[3].metric("Batch loss", f"{snap.loss:.3f}" if snap.loss is not None else "–",
+    cols[2].metric("Images/s", format_count(snap.images_per_second), help=HELP_IPS)
+    cols[3].metric("Batch loss", f"{snap.loss:.3f}" if snap.loss is not None else MISSING,
                    help="Cross-entropy of the latest batch: lower is better; it jumps around "
                         "from batch to batch, the epoch curves below are smoother.")
     draw_stopping(snap, cols[4], cols[5])
-    stop_button(snap, "Stop")
+    draw_stop_button(snap, "Stop")
 
 
 def draw_stopping(snap: JobSnapshot, best_col: DeltaGenerator, patience_col: DeltaGenerator) -> None:
     best = snap.history[snap.best_epoch - 1] if snap.best_epoch else None
-    best_col.metric("Best epoch", str(snap.best_epoch) if best else "–",
-                    f"val {best.val_acc:.1%}" if best else None, delta_color="off", delta_arrow="off",
+    best_col.metric("Best epoch", str(snap.best_epoch) if best else MISSING,
+                    f"val {format_percent(best.val_acc)}" if best else None, delta_color="off",
+                    delta_arrow="off",
                     help=f"The epoch with the best {snap.monitor.replace('_', ' ')} so far; "
                          "its weights are the ones kept.")
     if snap.patience:
@@ -229,7 +208,7 @@ def draw_stopping(snap: JobSnapshot, best_col: DeltaGenerator, patience_col: Del
         patience_col.metric("Early stopping", "off", help=HELP_EARLY_STOPPING)
 
 
-def stop_button(snap: JobSnapshot, label: str) -> None:
+def draw_stop_button(snap: JobSnapshot, label: str) -> None:
     if st.button(label, key=f"train.stop.{snap.id}", icon=":material/stop:",
                  disabled=snap.stop_requested,
                  help="Stops after the current batch. The epochs done so far are kept, the best "
@@ -240,24 +219,23 @@ def stop_button(snap: JobSnapshot, label: str) -> None:
 
 def draw_result(snap: JobSnapshot, what: str) -> None:
     m = snap.metrics
-    if snap.status == "failed":
+    if snap.status == "failed" or m is None:
         st.error(f"{what} failed: {snap.error}", icon=":material/error:")
         return
     if snap.status == "stopped" and not snap.history:
         st.warning(f"{what} was stopped before any epoch finished.", icon=":material/stop_circle:")
         return
     how = "finished" if snap.status == "finished" else "was stopped"
-    early = " (early stopping ended it)" if m.get("stopped_early") else ""
+    early = " (early stopping ended it)" if m.stopped_early else ""
     epochs = f"{len(snap.history)} epoch{'s' if len(snap.history) != 1 else ''}"
     st.success(f"{what} {how} after {epochs}{early}. Run folder: `{snap.run_dir}`",
                icon=":material/check_circle:")
     cols = st.columns(5)
-    cols[0].metric("Best epoch", m.get("best_epoch") or "–")
-    cols[1].metric("Val accuracy", fmt_pct(m.get("val_acc")), help=HELP_VALIDATION)
-    cols[2].metric("Test accuracy", fmt_pct(m.get("test_acc")), help=HELP_TEST)
-    cols[3].metric("Training time", fmt_seconds(m.get("train_seconds")))
-    ips = m.get("images_per_second")
-    cols[4].metric("Images/s", f"{ips:,.0f}" if ips else "–", help=HELP_IPS)
+    cols[0].metric("Best epoch", m.best_epoch or MISSING)
+    cols[1].metric("Val accuracy", format_percent(m.val_acc), help=HELP_VALIDATION)
+    cols[2].metric("Test accuracy", format_percent(m.test_acc), help=HELP_TEST)
+    cols[3].metric("Training time", format_seconds(m.train_seconds))
+    cols[4].metric("Images/s", format_count(m.images_per_second), help=HELP_IPS)
     st.page_link("app_pages/evaluate.py", label="See its confusion matrix and mistakes on the Evaluate page",
                  icon=":material/grid_on:")
 
@@ -273,7 +251,7 @@ def draw_curves(snap: JobSnapshot) -> None:
     st.caption(HELP_VALIDATION)
 
 
-def other_jobs(shown: JobSnapshot | None) -> None:
+def draw_other_jobs(shown: JobSnapshot | None) -> None:
     others = [s for s in get_registry().active() if shown is None or s.id != shown.id]
     if not others:
         return
@@ -284,28 +262,24 @@ def other_jobs(shown: JobSnapshot | None) -> None:
 
 # --- every run so far ---------------------------------------------------------------
 
-def runs_frame(runs: list[Run]) -> pd.DataFrame:
-    rows = []
-    for run in runs:
-        m = run.metrics
-        rows.append({"run": run.name, "status": run.status, "preset": run.config.get("preset"),
-                     "images": f"{run.config['subset']:,}" if run.config.get("subset") else "all",
-                     "epochs": m.get("epochs_run"),
-                     "best epoch": m.get("best_epoch") or None, "val acc": m.get("val_acc"),
-                     "test acc": m.get("test_acc"), "images/s": m.get("images_per_second"),
-                     "created": pd.to_datetime(run.config.get("created"), errors="coerce")})
-    return pd.DataFrame(rows, columns=["run", "status", "preset", "images", "epochs", "best epoch",
-                                       "val acc", "test acc", "images/s", "created"])
+def run_list(runs: list[Run]) -> pd.DataFrame:
+    """The run table as this page lists it: newest first, subsets as text, page column names."""
+    table = run_table(runs)
+    table["images"] = [format_images(v) for v in table["images"]]
+    shown = table[["run", "status", "preset", "images", "epochs", "best_epoch", "val_acc", "test_acc",
+                   "images_per_second", "created"]]
+    return shown.rename(columns={"best_epoch": "best epoch", "val_acc": "val acc",
+                                 "test_acc": "test acc", "images_per_second": "images/s"})
 
 
-def show_runs() -> None:
+def draw_runs() -> None:
     st.subheader("All runs")
     runs = list_runs()
     if not runs:
         st.caption("No runs yet. Each run you start here (or with `python -m cifar_core train`) "
                    "is saved as a folder and listed here.")
         return
-    st.dataframe(runs_frame(runs), hide_index=True, width="stretch", key="train.runs",
+    st.dataframe(run_list(runs), hide_index=True, width="stretch", key="train.runs",
                  column_config={
                      "val acc": st.column_config.NumberColumn(format="percent", help=HELP_VALIDATION),
                      "test acc": st.column_config.NumberColumn(format="percent", help=HELP_TEST),
@@ -335,14 +309,7 @@ def onnx_file(path: str, weights_mtime: float) -> bytes:
     return export.onnx_bytes(load_run(path))
 
 
-def weights_mtime(run: Run) -> float:
-    try:
-        return (run.path / WEIGHTS_FILE).stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def show_downloads() -> None:
+def draw_downloads() -> None:
     st.subheader("Download a run")
     runs = {str(run.path): run for run in trained_runs()}
     if not runs:
@@ -350,9 +317,9 @@ def show_downloads() -> None:
         return
     if st.session_state.get(EXPORT_RUN) not in runs:
         st.session_state.pop(EXPORT_RUN, None)
-    path = st.selectbox("Run", list(runs), key=EXPORT_RUN, format_func=lambda p: run_label(runs[p]))
+    path = st.selectbox("Run", list(runs), key=EXPORT_RUN, format_func=lambda p: runs[p].label)
     run = runs[path]
-    matrix, classes = export.test_confusion(run), export.run_classes(run)
+    matrix, classes = run.test_confusion(), run.classes
     has_history = (run.path / HISTORY_FILE).exists()
     title = f"Test confusion matrix: {run.name}"
     row = st.container(horizontal=True)
@@ -379,12 +346,12 @@ def show_downloads() -> None:
         data=lambda: export.confusion_png(matrix, classes, title),
         file_name=export.file_name(run, "confusion.png"), mime="image/png", on_click="ignore",
         icon=":material/download:", key="train.export.confusion_png")
-    onnx_key = f"{run.path}:{weights_mtime(run)}"
+    onnx_key = f"{run.path}:{run.weights_mtime()}"
     missing = export.onnx_unavailable()
     if missing:
         st.info(missing, icon=":material/info:")
     elif st.session_state.get(EXPORT_ONNX) == onnx_key:
-        row.download_button("ONNX model (.onnx)", data=onnx_file(str(run.path), weights_mtime(run)),
+        row.download_button("ONNX model (.onnx)", data=onnx_file(str(run.path), run.weights_mtime()),
                             file_name=export.file_name(run, "model.onnx"),
                             mime="application/octet-stream", on_click="ignore",
                             icon=":material/download:", key="train.export.onnx_download", help=HELP_ONNX)
@@ -392,7 +359,7 @@ def show_downloads() -> None:
                     help=HELP_ONNX):
         try:
             with st.spinner("Exporting to ONNX..."):
-                onnx_file(str(run.path), weights_mtime(run))
+                onnx_file(str(run.path), run.weights_mtime())
         except export.ExportError as err:
             st.error(str(err), icon=":material/error:")
         else:
@@ -408,15 +375,15 @@ st.title("Train")
 st.caption("Train the network configured on the Model page. The run keeps going in the background "
            "when you leave this page; come back any time to watch it.")
 preset, model_cfg, train_cfg = get_config()
-show_config(preset, model_cfg, train_cfg)
+draw_config(preset, model_cfg, train_cfg)
 data = get_data()
 shown, is_own = current_job()
 if data is not None:
-    start_controls(data, preset, model_cfg, train_cfg, shown if is_own else None)
+    draw_start_controls(data, preset, model_cfg, train_cfg, shown if is_own else None)
     shown, is_own = current_job()  # a run started just now
 if shown is not None:
     st.subheader("This run" if is_own else "A run started in another session")
-    live_view(shown.id, poll=shown.active)
-    other_jobs(shown)
-show_runs()
-show_downloads()
+    draw_live_view(shown.id, poll=shown.active)
+    draw_other_jobs(shown)
+draw_runs()
+draw_downloads()

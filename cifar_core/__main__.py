@@ -130,12 +130,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = args.out or new_run_dir(label=args.preset)
     metrics = train_run(model_cfg, train_cfg, data, out, EpochPrinter(train_cfg.epochs),
                         preset=args.preset, subset=n_subset)
-    if metrics.get("test_acc") is None:
-        print(f"run {out}: {metrics['status']} before any epoch finished")
+    if metrics.test_acc is None:
+        print(f"run {out}: {metrics.status} before any epoch finished")
         return
-    print(f"best epoch {metrics['best_epoch']}: val_acc {metrics['val_acc']:.4f} "
-          f"test_acc {metrics['test_acc']:.4f}; {metrics['train_seconds']:.1f}s training, "
-          f"{metrics['seconds_per_epoch']:.1f}s/epoch, {metrics['images_per_second']:,.0f} img/s")
+    print(f"best epoch {metrics.best_epoch}: val_acc {metrics.val_acc:.4f} "
+          f"test_acc {metrics.test_acc:.4f}; {metrics.train_seconds:.1f}s training, "
+          f"{metrics.seconds_per_epoch:.1f}s/epoch, {metrics.images_per_second:,.0f} img/s")
     print(f"run folder: {out}")
 
 
@@ -169,14 +169,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise UsageError("give at least one image file")
     if args.top < 1:
         raise UsageError("--top must be at least 1")
-    classes = tuple(run.metrics.get("classes") or bundled.DEFAULT_CLASSES)
     files = []
     for path in paths:
         try:
             files.append((str(path), path.read_bytes()))
         except OSError as err:
             raise ImageError(f"{path}: {err.strerror}") from None
-    results = predict_files(run.load_model(), files, classes, run.train_config.tta_flip)
+    results = predict_files(run.load_model(), files, run.classes, run.train_config.tta_flip)
     failures = [r for r in results if isinstance(r, ImageError)]
     if args.json:
         print(json.dumps([{"file": r.name, "label": r.label, "top": r.top(args.top)}

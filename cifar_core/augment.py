@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .config import Augmentation, choices
+from .model import to_input
 
 AUGMENTATIONS: tuple[str, ...] = choices("augmentation")
 
@@ -71,3 +73,14 @@ def augment(x: torch.Tensor, kind: Augmentation, generator: torch.Generator | No
     if kind == "crop_flip":
         return random_crop_flip(x, generator)
     raise ValueError(f"unknown augmentation {kind!r}; choose from {AUGMENTATIONS}")
+
+
+def augmented_copies(images: np.ndarray, kind: Augmentation, copies: int, seed: int) -> np.ndarray:
+    """``copies`` independently augmented versions of each uint8 image: (N, copies, 32, 32, 3).
+
+    What training would show the network instead of each image, as pictures again.
+    """
+    x = to_input(torch.from_numpy(images))
+    out = augment(x.repeat_interleave(copies, 0), kind, torch.Generator().manual_seed(seed))
+    out = (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out.reshape(len(images), copies, *images.shape[1:])

@@ -7,15 +7,11 @@ the commands.
 
 from __future__ import annotations
 
-from pathlib import Path
+from .runs import MODELS_DIR, Run, RunError, load_run
 
-from .data import DEFAULT_CLASSES
-from .runs import Run, RunError, load_run
-
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 PREFERRED = ("fast", "baseline")
 
-__all__ = ["DEFAULT_CLASSES", "MODELS_DIR", "bundled_runs", "load_bundled"]
+__all__ = ["MODELS_DIR", "bundled_runs", "load_bundled"]
 
 
 def bundled_runs() -> list[Run]:

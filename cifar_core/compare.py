@@ -7,11 +7,13 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from .formatting import MISSING
 from .runs import Run
 
+RUN_TABLE_COLUMNS = ("run", "preset", "status", "val_acc", "test_acc", "epochs", "best_epoch", "images",
+                     "images_per_second", "train_seconds", "created")
 LEADERBOARD_COLUMNS = ("run", "preset", "status", "val_acc", "test_acc", "epochs", "images",
                        "images_per_second", "train_seconds")
-_MISSING = "—"
 
 
 def run_names(runs: Sequence[Run]) -> list[str]:
@@ -51,8 +53,8 @@ def config_diff(runs: Sequence[Run]) -> pd.DataFrame:
     for flat in flats:
         keys += [k for k in flat if k not in keys]
     differing = [k for k in keys
-                 if len({_hashable(flat.get(k, _MISSING)) for flat in flats}) > 1]
-    frame = pd.DataFrame({name: [flat.get(k, _MISSING) for k in differing]
+                 if len({_hashable(flat.get(k, MISSING)) for flat in flats}) > 1]
+    frame = pd.DataFrame({name: [flat.get(k, MISSING) for k in differing]
                           for name, flat in zip(names, flats, strict=True)},
                          index=pd.Index(differing, name="setting"), dtype=object)
     return frame
@@ -64,42 +66,35 @@ def _hashable(value: object) -> object:
     return value if isinstance(value, (str, int, float, bool, tuple, type(None))) else repr(value)
 
 
-def format_value(value: object) -> str:
-    """A setting as a short string for a table: tuples as "32, 64", None as "—"."""
-    if value is None:
-        return _MISSING
-    if isinstance(value, tuple):
-        return ", ".join(format_value(v) for v in value) or "(none)"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def _number(value: object) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def leaderboard(runs: Sequence[Run]) -> pd.DataFrame:
-    """Every run with its figures, best validation accuracy first (runs without one last).
+def run_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """Every run with its figures, in the order given: the one table behind the Train page's run
+    list and the leaderboard.
 
-    Columns: run, preset, status, val_acc, test_acc (fractions), epochs (run so far),
-    images (the training subset, or NaN for the full set), images_per_second,
-    train_seconds. Figures a run has not reached yet (a run still going) are NaN.
+    Columns: run (unique names), preset, status, val_acc, test_acc (fractions), epochs (run
+    so far), best_epoch, images (the training subset, or NaN for the full set),
+    images_per_second, train_seconds, created. Figures a run has not reached yet are NaN.
     """
     rows = []
     for name, run in zip(run_names(runs), runs, strict=True):
         m = run.metrics
-        epochs = m.get("epochs_run")
         rows.append({
-            "run": name, "preset": run.config.get("preset") or "custom", "status": run.status,
-            "val_acc": _number(m.get("val_acc")), "test_acc": _number(m.get("test_acc")),
-            "epochs": int(epochs) if isinstance(epochs, int) else len(run.history),
-            "images": _number(run.config.get("subset")),
-            "images_per_second": _number(m.get("images_per_second")),
-            "train_seconds": _number(m.get("train_seconds"))})
-    frame = pd.DataFrame(rows, columns=list(LEADERBOARD_COLUMNS))
+            "run": name, "preset": run.preset, "status": run.status,
+            "val_acc": _number(m.val_acc), "test_acc": _number(m.test_acc),
+            "epochs": m.epochs_run if m.epochs_run is not None else len(run.history),
+            "best_epoch": _number(m.best_epoch or None), "images": _number(run.subset),
+            "images_per_second": _number(m.images_per_second),
+            "train_seconds": _number(m.train_seconds),
+            "created": pd.to_datetime(run.created or None, errors="coerce")})
+    return pd.DataFrame(rows, columns=list(RUN_TABLE_COLUMNS))
+
+
+def leaderboard(runs: Sequence[Run]) -> pd.DataFrame:
+    """The run table's figures, best validation accuracy first (runs without one last)."""
+    frame = run_table(runs)[list(LEADERBOARD_COLUMNS)]
     return frame.sort_values("val_acc", ascending=False, na_position="last",
                              kind="stable").reset_index(drop=True)
 
@@ -107,6 +102,6 @@ def leaderboard(runs: Sequence[Run]) -> pd.DataFrame:
 def curves_frame(runs: Sequence[Run]) -> pd.DataFrame:
     """Per-epoch history of several runs in long format: run, epoch, train/val loss and accuracy."""
     columns = ["run", "epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
-    rows = [{"run": name, **{c: row.get(c, math.nan) for c in columns[1:]}}
-            for name, run in zip(run_names(runs), runs, strict=True) for row in run.history]
+    rows = [{"run": name, **{c: getattr(record, c) for c in columns[1:]}}
+            for name, run in zip(run_names(runs), runs, strict=True) for record in run.history]
     return pd.DataFrame(rows, columns=columns)

@@ -207,6 +207,12 @@ def to_images(rows: np.ndarray, channel_order: ChannelOrder = "correct") -> np.n
     raise DataError(f"unknown channel_order {channel_order!r}; use 'correct' or 'as_presented'")
 
 
+def as_presented_images(images: np.ndarray) -> np.ndarray:
+    """Correct images (N, 32, 32, 3) as the presentation read them: their planar rows
+    reshaped as if the values were interleaved (see ``to_images``)."""
+    return to_images(images.transpose(0, 3, 1, 2).reshape(len(images), -1), "as_presented")
+
+
 # --- finding, downloading and installing --------------------------------------
 
 def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:

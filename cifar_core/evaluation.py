@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +61,41 @@ class Evaluation:
         confidence = self.probabilities[:, predicted_class]
         index = np.flatnonzero((self.labels == true_class) & (self.predicted == predicted_class))
         return index[np.argsort(-confidence[index], kind="stable")][:limit]
+
+    def cell(self, true_class: int, predicted_class: int, limit: int = 24) -> pd.DataFrame:
+        """The images of one confusion-matrix cell, most confident first, in the columns of
+        ``mistakes``; on the diagonal they are right answers."""
+        index = self.pair(true_class, predicted_class, limit)
+        return pd.DataFrame({"index": index, "true": [self.classes[true_class]] * len(index),
+                             "predicted": [self.classes[predicted_class]] * len(index),
+                             "confidence": self.probabilities[index, predicted_class]})
+
+
+def matrix_accuracy(matrix: np.ndarray) -> float:
+    """The share of right answers in a confusion matrix: its diagonal over its total."""
+    return float(np.trace(matrix) / max(matrix.sum(), 1))
+
+
+class EvaluationStore:
+    """The most recently used evaluations by key, safe to share between threads (sessions)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[Hashable, Evaluation] = OrderedDict()
+
+    def get(self, key: Hashable) -> Evaluation | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+            return self._items.get(key)
+
+    def put(self, key: Hashable, value: Evaluation) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],

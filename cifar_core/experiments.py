@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from .config import ModelConfig, TrainConfig, apply_overrides, get_preset
-from .data import CifarData, to_images
+from .data import CifarData, as_presented_images
 from .runs import Run
+from .training import EpochRecord
 
 RESULTS_FILE = Path(__file__).resolve().parent.parent / "experiments" / "results.json"
 
@@ -41,7 +43,7 @@ class Summary:
     """What the verdict looks at, per arm: the history and the figures derived from it."""
 
     label: str
-    history: list[dict]
+    history: list[EpochRecord]
     test_acc: float | None
     grad_norms: list[dict] = field(default_factory=list)
     stopped_early: bool = False
@@ -49,12 +51,12 @@ class Summary:
 
     @property
     def best_val_acc(self) -> float:
-        return max(r["val_acc"] for r in self.history)
+        return max(r.val_acc for r in self.history)
 
     @property
     def final_gap(self) -> float:
         """Train minus validation accuracy in the last epoch: how much is memorised."""
-        return self.history[-1]["train_acc"] - self.history[-1]["val_acc"]
+        return self.history[-1].train_acc - self.history[-1].val_acc
 
 
 Verdict = Callable[[list[Summary]], str]
@@ -77,14 +79,14 @@ def _pct(value: float) -> str:
 
 def _jitter(summary: Summary) -> float:
     """Mean change of validation accuracy from one epoch to the next: how unsteady a run is."""
-    accs = [r["val_acc"] for r in summary.history]
+    accs = [r.val_acc for r in summary.history]
     return float(np.mean(np.abs(np.diff(accs)))) if len(accs) > 1 else 0.0
 
 
 def _verdict_batchnorm(s: list[Summary]) -> str:
     plain, bn = s
     k = min(3, len(plain.history), len(bn.history))
-    bn_k, plain_k = bn.history[k - 1]["val_acc"], plain.history[k - 1]["val_acc"]
+    bn_k, plain_k = bn.history[k - 1].val_acc, plain.history[k - 1].val_acc
     faster, steadier = bn_k > plain_k, _jitter(bn) < _jitter(plain)
     as_good = bn.best_val_acc >= plain.best_val_acc - 0.005
     conclusion = {3: "The claim holds.", 0: "The claim does not hold at this scale."}.get(
@@ -185,16 +187,30 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
 
 def as_presented(data: CifarData) -> CifarData:
     """The same images as the presentation saw them: planar rows reshaped as if interleaved."""
-    def scramble(x: np.ndarray) -> np.ndarray:
-        return to_images(x.transpose(0, 3, 1, 2).reshape(len(x), -1), "as_presented")
-
+    scramble = as_presented_images
     return CifarData(scramble(data.x_train), data.y_train, scramble(data.x_val), data.y_val,
                      scramble(data.x_test), data.y_test, data.classes, data.source)
 
 
+def arm_data(arm: Arm, data: CifarData) -> CifarData:
+    """The images one arm trains on: ``data`` as it is, or as the presentation read it."""
+    return as_presented(data) if arm.channel_order == "as_presented" else data
+
+
+def arms_table(summaries: list[Summary]) -> pd.DataFrame:
+    """One row per arm: its best validation accuracy, last train-validation gap, test accuracy."""
+    return pd.DataFrame({
+        "run": [s.label for s in summaries],
+        "best validation accuracy": [s.best_val_acc for s in summaries],
+        "train - validation gap (last epoch)": [s.final_gap for s in summaries],
+        "test accuracy": [s.test_acc for s in summaries],
+        "epochs": [len(s.history) for s in summaries],
+    })
+
+
 def summarize(run: Run, label: str) -> Summary:
-    return Summary(label, run.history, run.metrics.get("test_acc"), run.grad_norms(),
-                   bool(run.metrics.get("stopped_early")), int(run.metrics.get("best_epoch") or 0))
+    return Summary(label, run.history, run.metrics.test_acc, run.grad_norms(),
+                   bool(run.metrics.stopped_early), run.metrics.best_epoch)
 
 
 def load_results(path: Path = RESULTS_FILE) -> dict:
@@ -208,11 +224,12 @@ def load_results(path: Path = RESULTS_FILE) -> dict:
 def result_record(experiment: Experiment, summaries: list[Summary], command: str) -> dict:
     return {"title": experiment.title, "claim": experiment.claim, "subset": experiment.subset,
             "verdict": experiment.verdict(summaries), "command": command,
-            "arms": [{"label": s.label, "history": s.history, "test_acc": s.test_acc,
+            "arms": [{"label": s.label, "history": [asdict(r) for r in s.history], "test_acc": s.test_acc,
                       "grad_norms": s.grad_norms, "stopped_early": s.stopped_early,
                       "best_epoch": s.best_epoch} for s in summaries]}
 
 
 def summaries_from_record(record: dict) -> list[Summary]:
-    return [Summary(a["label"], a["history"], a["test_acc"], a.get("grad_norms", []),
-                    a.get("stopped_early", False), a.get("best_epoch", 0)) for a in record["arms"]]
+    return [Summary(a["label"], [EpochRecord.from_dict(r) for r in a["history"]], a["test_acc"],
+                    a.get("grad_norms", []), a.get("stopped_early", False), a.get("best_epoch", 0))
+            for a in record["arms"]]

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import ACTIVATIONS, CifarCNN
+from .model import ACTIVATIONS, CifarCNN, to_input
 
 _ACTIVATION_TYPES = tuple(ACTIVATIONS.values())
 
@@ -43,7 +43,7 @@ def _input(model: CifarCNN, pixels: np.ndarray) -> torch.Tensor:
     if pixels.shape != (32, 32, 3):
         raise ValueError(f"expected one 32x32 RGB image (32, 32, 3), got shape {pixels.shape}")
     device = next(model.parameters()).device
-    return torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(2, 0, 1)[None].float() / 255
+    return to_input(torch.from_numpy(np.ascontiguousarray(pixels))[None].to(device))
 
 
 def _check_class(model: CifarCNN, target_class: int) -> int:
@@ -55,8 +55,7 @@ def _check_class(model: CifarCNN, target_class: int) -> int:
 
 def _stages(model: CifarCNN, x: torch.Tensor) -> Iterator[tuple[str, nn.Module, torch.Tensor]]:
     """Run the model layer by layer (as ``CifarCNN.forward`` does), yielding (name, module, output)."""
-    if model.config.standardize_input:
-        x = (x - model.mean) / model.std
+    x = model.standardize(x)
     for name, module in model.layers.named_children():
         x = module(x)
         yield name, module, x
@@ -240,8 +239,3 @@ def feature_maps(model: CifarCNN, pixels: np.ndarray) -> dict[str, np.ndarray]:
                 break
     return {conv: maps[conv] for conv in stages}
 
-
-def predicted_class(model: CifarCNN, pixels: np.ndarray) -> int:
-    """The class the model gives the image (no test-time flip)."""
-    with _eval_mode(model), torch.no_grad():
-        return int(model(_input(model, pixels)).argmax(1))

@@ -37,7 +37,6 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from .data import DEFAULT_CLASSES
 from .runs import HISTORY_FILE, WEIGHTS_FILE, Run, RunError
 
 INPUT_NAME = "images"
@@ -79,26 +78,6 @@ def file_name(run: Run, suffix: str) -> str:
 
 
 # --- the confusion matrix ------------------------------------------------------------
-
-def run_classes(run: Run) -> tuple[str, ...]:
-    classes = run.metrics.get("classes")
-    if isinstance(classes, list) and len(classes) == len(DEFAULT_CLASSES):
-        return tuple(str(c) for c in classes)
-    return DEFAULT_CLASSES
-
-
-def test_confusion(run: Run) -> np.ndarray | None:
-    """The test confusion matrix (rows true, columns predicted), or None before the run is tested."""
-    matrix = run.metrics.get("confusion_matrix")
-    if matrix is None:
-        return None
-    try:
-        array = np.asarray(matrix, dtype=np.int64)
-    except (TypeError, ValueError):
-        return None
-    n = len(DEFAULT_CLASSES)
-    return array if array.shape == (n, n) and (array >= 0).all() else None
-
 
 def confusion_csv(matrix: np.ndarray, classes: Sequence[str]) -> bytes:
     """Counts with the class names as header (predicted) and first column (true)."""
@@ -304,17 +283,16 @@ def with_metadata(model_proto: bytes, metadata: Mapping[str, str]) -> bytes:
 
 def run_metadata(run: Run) -> dict[str, str]:
     """What travels inside the ONNX file: what goes in, what comes out, where it came from."""
-    test_acc = run.metrics.get("test_acc")
     meta = {
-        "classes": json.dumps(list(run_classes(run))),
+        "classes": json.dumps(list(run.classes)),
         "input": "images: float32 (N, 3, 32, 32), RGB scaled to [0, 1], CIFAR-10 sized 32x32",
         "output": "logits: float32 (N, 10) in the order of 'classes'; softmax gives probabilities",
         "source_run": run.name,
-        "preset": str(run.config.get("preset") or "custom"),
+        "preset": run.preset,
         "tta_flip": str(bool(run.train_config.tta_flip)).lower(),
     }
-    if isinstance(test_acc, float):
-        meta["test_accuracy"] = f"{test_acc:.4f}"
+    if run.metrics.test_acc is not None:
+        meta["test_accuracy"] = f"{run.metrics.test_acc:.4f}"
     return meta
 
 

@@ -112,18 +112,30 @@ def predict_pixels(model: torch.nn.Module, pixels: np.ndarray, classes: tuple[st
     return [Prediction(n, px, p, classes) for n, px, p in zip(names, pixels, probabilities)]
 
 
+def predict_readable(model: torch.nn.Module, pixels: list[np.ndarray | None], names: list[str],
+                     classes: tuple[str, ...], tta_flip: bool = False) -> list[Prediction | None]:
+    """A prediction for every image that could be read (one batch for all), None for the others."""
+    good = [i for i, px in enumerate(pixels) if px is not None]
+    found = predict_pixels(model, np.stack([pixels[i] for i in good]), classes,
+                           [names[i] for i in good], tta_flip) if good else []
+    results: list[Prediction | None] = [None] * len(pixels)
+    for i, prediction in zip(good, found, strict=True):
+        results[i] = prediction
+    return results
+
+
+def read_pixels(raw: bytes, name: str) -> np.ndarray | ImageError:
+    """A file's 32x32 pixels, or the ImageError that says why it cannot be read."""
+    try:
+        return to_cifar(decode_image(raw, name))
+    except ImageError as err:
+        return err
+
+
 def predict_files(model: torch.nn.Module, files: list[tuple[str, bytes]], classes: tuple[str, ...],
                   tta_flip: bool = False) -> list[Prediction | ImageError]:
     """One result per file, in order: a Prediction, or the ImageError that file raised."""
-    results: list[Prediction | ImageError | None] = []
-    good_names, good_pixels = [], []
-    for name, raw in files:
-        try:
-            good_pixels.append(to_cifar(decode_image(raw, name)))
-            good_names.append(name)
-            results.append(None)
-        except ImageError as err:
-            results.append(err)
-    predictions = iter(predict_pixels(model, np.stack(good_pixels), classes, good_names, tta_flip)
-                       if good_pixels else [])
-    return [r if r is not None else next(predictions) for r in results]
+    read = [read_pixels(raw, name) for name, raw in files]
+    pixels = [None if isinstance(r, ImageError) else r for r in read]
+    predictions = predict_readable(model, pixels, [name for name, _ in files], classes, tta_flip)
+    return [r if isinstance(r, ImageError) else p for r, p in zip(read, predictions, strict=True)]

@@ -40,8 +40,8 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -51,7 +51,7 @@ from .config import ModelConfig, TrainConfig
 from .data import CifarData, DataError, subset
 from .deployment import cpu_quota, current_profile
 from .pipeline import train_run
-from .runs import RunError, default_runs_root, new_run_dir
+from .runs import RunError, RunMetrics, default_runs_root, new_run_dir
 from .training import BatchEvent, EpochEvent, EpochRecord, Event
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class JobSnapshot:
     started: float | None
     ended: float | None
     stop_requested: bool
-    metrics: Mapping[str, object] = field(default_factory=dict)  # metrics.json once done
+    metrics: RunMetrics | None = None  # metrics.json once done
     queue_position: int | None = None  # 1 = next to start; None unless queued
 
     @property
@@ -132,12 +132,6 @@ class JobSnapshot:
             return 0.0
         done = (self.epoch - 1) + self.batch / self.batches
         return min(1.0, max(0.0, done / self.epochs))
-
-    @property
-    def elapsed(self) -> float:
-        if self.started is None:
-            return 0.0
-        return (self.ended or time.time()) - self.started
 
 
 class Job:
@@ -167,7 +161,7 @@ class Job:
         self._best_epoch = self._since_best = 0
         self._error: str | None = None
         self._run_dir: Path | None = None
-        self._metrics: dict = {}
+        self._metrics: RunMetrics | None = None
         self._submitted = time.time()
         self._started: float | None = None
         self._ended: float | None = None
@@ -187,7 +181,7 @@ class Job:
                 patience=cfg.patience if cfg.early_stopping else None, monitor=cfg.monitor,
                 error=self._error, run_dir=self._run_dir, submitted=self._submitted,
                 started=self._started, ended=self._ended,
-                stop_requested=self.stop_event.is_set(), metrics=dict(self._metrics))
+                stop_requested=self.stop_event.is_set(), metrics=self._metrics)
 
     @property
     def status(self) -> JobStatus:
@@ -214,7 +208,7 @@ class Job:
 
     def _run(self, on_done: Callable[[Job], None]) -> None:
         status: JobStatus = "failed"
-        metrics: dict = {}
+        metrics: RunMetrics | None = None
         error: str | None = None
         try:
             # Process-wide in effect (see the module docstring); same value for every job.
@@ -223,7 +217,7 @@ class Job:
             metrics = train_run(self.model_cfg, self.train_cfg, data, self._run_dir,
                                 on_event=self._on_event, stop=self.stop_event,
                                 preset=self.preset, subset=self.subset)
-            status = "stopped" if metrics.get("status") == "stopped" else "finished"
+            status = "stopped" if metrics.status == "stopped" else "finished"
         except (RunError, DataError, ValueError) as err:  # bad settings, unwritable folder: say what
             error = str(err)
         except Exception as err:  # keep the server alive; the page shows the message

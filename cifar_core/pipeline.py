@@ -16,13 +16,13 @@ from .config import ModelConfig, TrainConfig
 from .data import CifarData
 from .evaluation import evaluate
 from .model import build_model
-from .runs import RunWriter
+from .runs import RunMetrics, RunWriter
 from .training import EpochEvent, Event, EventHandler, FitResult, fit
 
 
 def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, run_dir: Path,
               on_event: EventHandler | None = None, stop: threading.Event | None = None,
-              preset: str | None = None, subset: int | None = None) -> dict:
+              preset: str | None = None, subset: int | None = None) -> RunMetrics:
     """Train, record every epoch in ``run_dir``, evaluate on the test set; returns the metrics.
 
     A run stopped by the user is still tested and saved (status ``stopped``); an
@@ -61,5 +61,5 @@ def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, r
         images_per_second=round(result.images_per_second, 1),
         train_seconds=round(result.train_seconds, 2),
         seconds_per_epoch=round(float(np.mean([r.seconds for r in result.history])), 2),
-        confusion_matrix=test.confusion().tolist(), classes=list(data.classes))
+        confusion_matrix=test.confusion().tolist(), classes=tuple(data.classes))
     return writer.metrics

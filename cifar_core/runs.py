@@ -21,7 +21,7 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from .config import ConfigError, ModelConfig, TrainConfig
+from .data import DEFAULT_CLASSES
+from .formatting import format_percent
 from .model import CifarCNN, build_model
 from .training import HISTORY_COLUMNS, EpochRecord
 
@@ -39,11 +41,70 @@ WEIGHTS_FILE = "weights.safetensors"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "val_confusion.npy"
 GRAD_NORMS_FILE = "grad_norms.csv"
-STATUSES = ("running", "finished", "stopped", "interrupted")
+# The pretrained runs shipped with the project (cifar_core.bundled lists them).
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
 class RunError(Exception):
     """A run folder is missing, unreadable or not a run."""
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """metrics.json: how a run went. Figures it has not reached yet are None.
+
+    Read back leniently (a value of the wrong type counts as missing), so a damaged or
+    older file still lists. Accuracies are fractions in [0, 1].
+    """
+
+    status: str = "running"
+    best_epoch: int = 0
+    val_acc: float | None = None
+    test_acc: float | None = None
+    images_per_second: float | None = None
+    train_seconds: float | None = None
+    confusion_matrix: list[list[int]] | None = None  # test set; rows true, columns predicted
+    # Written once known; absent from the file until then.
+    epochs_run: int | None = None
+    stopped_early: bool | None = None
+    seconds_per_epoch: float | None = None
+    classes: tuple[str, ...] | None = None
+    pid: int | None = None  # of the process writing a running run
+    host: str | None = None
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        if self.classes is not None:
+            values["classes"] = list(self.classes)
+        return {k: v for k, v in values.items() if v is not None or k not in _WRITTEN_ONCE_KNOWN}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunMetrics:
+        status, classes, stopped_early = (values.get(k) for k in ("status", "classes", "stopped_early"))
+        return cls(
+            status=status if isinstance(status, str) else "interrupted",
+            best_epoch=_count(values.get("best_epoch")) or 0,
+            val_acc=_number(values.get("val_acc")), test_acc=_number(values.get("test_acc")),
+            images_per_second=_number(values.get("images_per_second")),
+            train_seconds=_number(values.get("train_seconds")),
+            confusion_matrix=values.get("confusion_matrix"),
+            epochs_run=_count(values.get("epochs_run")),
+            stopped_early=stopped_early if isinstance(stopped_early, bool) else None,
+            seconds_per_epoch=_number(values.get("seconds_per_epoch")),
+            classes=tuple(str(c) for c in classes) if isinstance(classes, list) else None,
+            pid=_count(values.get("pid")),
+            host=values.get("host") if isinstance(values.get("host"), str) else None)
+
+
+_WRITTEN_ONCE_KNOWN = {"epochs_run", "stopped_early", "seconds_per_epoch", "classes", "pid", "host"}
 
 
 def default_runs_root() -> Path:
@@ -65,6 +126,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def history_csv(history: list[EpochRecord]) -> bytes:
+    """history.csv: one row per finished epoch, in HISTORY_COLUMNS order."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(HISTORY_COLUMNS)
@@ -94,16 +156,16 @@ class RunWriter:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise RunError(f"cannot create run folder {self.path}: {err.strerror}") from None
-        self.metrics: dict = {"status": "running", "best_epoch": 0, "val_acc": None,
-                              "test_acc": None, "images_per_second": None,
-                              "train_seconds": None, "confusion_matrix": None,
-                              "pid": os.getpid(), "host": socket.gethostname()}
+        self.metrics = RunMetrics(pid=os.getpid(), host=socket.gethostname())
         config = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "preset": preset,
                   "subset": subset, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self._write(CONFIG_FILE, json.dumps(config, indent=2).encode())
-        self._write(METRICS_FILE, json.dumps(self.metrics, indent=2).encode())
+        self._write_metrics()
         self.confusions: list[np.ndarray] = []
         self.grad_norms: list[dict[str, float]] = []
+
+    def _write_metrics(self) -> None:
+        self._write(METRICS_FILE, json.dumps(self.metrics.to_dict(), indent=2).encode())
 
     def _write(self, name: str, data: bytes) -> None:
         try:
@@ -124,13 +186,14 @@ class RunWriter:
         self._write(CONFUSION_FILE, _npy_bytes(np.stack(self.confusions)))
         self._write(HISTORY_FILE, history_csv(history))
         best = history[best_epoch - 1] if best_epoch else history[-1]
-        self.metrics.update(best_epoch=best_epoch, val_acc=best.val_acc, epochs_run=len(history))
-        self._write(METRICS_FILE, json.dumps(self.metrics, indent=2).encode())
+        self.metrics = replace(self.metrics, best_epoch=best_epoch, val_acc=best.val_acc,
+                               epochs_run=len(history))
+        self._write_metrics()
 
     def finish(self, status: str, **figures: object) -> None:
-        self.metrics.update(status=status, **figures)
-        self.metrics.pop("pid", None)
-        self._write(METRICS_FILE, json.dumps(self.metrics, indent=2).encode())
+        """The last word on the run: its status and final figures (RunMetrics fields)."""
+        self.metrics = replace(self.metrics, status=status, pid=None, **figures)
+        self._write_metrics()
 
     def save_weights(self, state: dict[str, torch.Tensor]) -> None:
         self._write(WEIGHTS_FILE, save_weights_bytes(state))
@@ -154,10 +217,6 @@ def save_weights_bytes(state: dict[str, torch.Tensor]) -> bytes:
     return save({k: v.detach().cpu().contiguous() for k, v in state.items()})
 
 
-def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    atomic_write(path, save_weights_bytes(state))
-
-
 @dataclass
 class Run:
     """A run folder read back: its settings, history, figures and (on demand) its model."""
@@ -165,23 +224,86 @@ class Run:
     path: Path
     model_config: ModelConfig
     train_config: TrainConfig
-    config: dict
-    history: list[dict]
-    metrics: dict
+    config: dict  # config.json as written; compare.flat_config shows settings older runs lack
+    history: list[EpochRecord]
+    metrics: RunMetrics
 
     @property
     def name(self) -> str:
         return self.path.name
 
     @property
+    def preset(self) -> str:
+        return self.config.get("preset") or "custom"
+
+    @property
+    def subset(self) -> int | None:
+        """Training images used, when the run trained on part of the training set."""
+        return _count(self.config.get("subset")) or None
+
+    @property
+    def created(self) -> str:
+        created = self.config.get("created")
+        return created if isinstance(created, str) else ""
+
+    @property
+    def is_bundled(self) -> bool:
+        """One of the pretrained models shipped in models/."""
+        return self.path.parent == MODELS_DIR
+
+    @property
+    def accuracy(self) -> float | None:
+        """The honest figure where there is one: test accuracy, else validation accuracy."""
+        return self.metrics.test_acc if self.metrics.test_acc is not None else self.metrics.val_acc
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names in output order: the run's own, or CIFAR-10's for runs that lack them."""
+        classes = self.metrics.classes
+        return classes if classes is not None and len(classes) == len(DEFAULT_CLASSES) else DEFAULT_CLASSES
+
+    @property
+    def label(self) -> str:
+        """How the run is named wherever one is chosen: who it is, what it is, how good."""
+        prefix = f"Bundled model '{self.name}'" if self.is_bundled else f"{self.name} ({self.status})"
+        details = [self.preset]
+        if self.subset:
+            details.append(f"{self.subset:,} images")
+        if self.metrics.test_acc is not None:
+            details.append(f"test {format_percent(self.metrics.test_acc)}")
+        return f"{prefix} · {' · '.join(details)}"
+
+    @property
     def status(self) -> str:
-        status = self.metrics.get("status", "interrupted")
+        status = self.metrics.status
         if status == "running":
-            pid = self.metrics.get("pid")
-            same_host = self.metrics.get("host") == socket.gethostname()
-            if not (same_host and isinstance(pid, int) and _pid_alive(pid)):
+            pid = self.metrics.pid
+            same_host = self.metrics.host == socket.gethostname()
+            if not (same_host and pid is not None and _pid_alive(pid)):
                 return "interrupted"
         return status
+
+    @property
+    def has_weights(self) -> bool:
+        return (self.path / WEIGHTS_FILE).exists()
+
+    def weights_mtime(self) -> float:
+        """When the weights were last saved (0 without weights): a cache key for anything derived."""
+        try:
+            return (self.path / WEIGHTS_FILE).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def test_confusion(self) -> np.ndarray | None:
+        """The test confusion matrix (rows true, columns predicted), or None before the run is tested."""
+        if self.metrics.confusion_matrix is None:
+            return None
+        try:
+            array = np.asarray(self.metrics.confusion_matrix, dtype=np.int64)
+        except (TypeError, ValueError):
+            return None
+        n = len(DEFAULT_CLASSES)
+        return array if array.shape == (n, n) and (array >= 0).all() else None
 
     def val_confusions(self) -> np.ndarray | None:
         path = self.path / CONFUSION_FILE
@@ -195,7 +317,7 @@ class Run:
     def grad_norms(self) -> list[dict]:
         """Per epoch, the mean gradient norm of each conv/dense layer (empty for old runs)."""
         try:
-            return read_history(self.path / GRAD_NORMS_FILE)
+            return _read_csv_numbers(self.path / GRAD_NORMS_FILE)
         except (OSError, ValueError):
             return []
 
@@ -219,6 +341,15 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise RunError(f"{path}: not a valid safetensors file ({err})") from None
 
 
+def first_conv_weights(path: Path) -> np.ndarray:
+    """The first convolution's weights (F, 3, k, k) in a weights file."""
+    state = load_weights(path)
+    convs = [name for name, tensor in state.items() if tensor.ndim == 4]
+    if not convs:
+        raise RunError(f"{path}: no convolution weights")
+    return state[convs[0]].float().numpy()
+
+
 def _read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text())
@@ -231,12 +362,18 @@ def _read_json(path: Path) -> dict:
     return value
 
 
-def read_history(path: Path) -> list[dict]:
+def _read_csv_numbers(path: Path) -> list[dict]:
+    """Rows of a CSV of numbers (an ``epoch`` column of integers); [] when there is no file."""
     if not path.exists():
         return []
     with path.open(newline="") as f:
         return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
                 for row in csv.DictReader(f)]
+
+
+def read_history(path: Path) -> list[EpochRecord]:
+    """history.csv read back as the records training wrote; a column an older file lacks is NaN."""
+    return [EpochRecord.from_dict(row) for row in _read_csv_numbers(path)]
 
 
 def load_run(path: str | os.PathLike) -> Run:
@@ -253,7 +390,8 @@ def load_run(path: str | os.PathLike) -> Run:
         history = read_history(path / HISTORY_FILE)
     except (OSError, ValueError, KeyError) as err:
         raise RunError(f"{path / HISTORY_FILE}: unreadable ({err})") from None
-    return Run(path, model_cfg, train_cfg, config, history, _read_json(path / METRICS_FILE))
+    return Run(path, model_cfg, train_cfg, config, history,
+               RunMetrics.from_dict(_read_json(path / METRICS_FILE)))
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[Run]:
@@ -268,7 +406,7 @@ def list_runs(root: str | os.PathLike | None = None) -> list[Run]:
                 runs.append(load_run(child))
             except RunError:
                 continue
-    return sorted(runs, key=lambda r: r.config.get("created", ""), reverse=True)
+    return sorted(runs, key=lambda r: r.created, reverse=True)
 
 
 def new_run_dir(root: str | os.PathLike | None = None, label: str = "run") -> Path:

@@ -44,6 +44,11 @@ class EpochRecord:
     lr: float
     seconds: float
 
+    @classmethod
+    def from_dict(cls, values: dict) -> EpochRecord:
+        """A row of history.csv or of shipped results; a figure an older file lacks is NaN."""
+        return cls(**{name: values.get(name, math.nan) for name in HISTORY_COLUMNS})
+
 
 HISTORY_COLUMNS = tuple(f.name for f in fields(EpochRecord))
 

@@ -135,7 +135,7 @@ class AppPage:
         # Elements with a key carry the class st-key-<key> ('.' becomes '-'): unique to their page.
         if name == "Dataset":
             return [page.locator('[data-testid="stMetric"]', has_text="Training images"),
-                    page.locator(".st-key-data-class_counts .main-svg")]
+                    page.locator(".st-key-dataset-class_counts .main-svg")]
         if name == "Model":
             return [page.locator('[data-testid="stMetric"]', has_text="Total params"),
                     page.locator('[data-testid="stDataFrame"]')]
@@ -143,9 +143,9 @@ class AppPage:
             return [page.locator(".st-key-train-start button"),
                     page.get_by_role("heading", name="All runs")]
         if name == "Evaluate":
-            return [page.locator('.st-key-eval-confusion .main-svg, [data-testid="stAlertContentInfo"]')]
+            return [page.locator('.st-key-evaluate-confusion .main-svg, [data-testid="stAlertContentInfo"]')]
         if name == "Predict":
-            return [page.locator('.st-key-p-files, [data-testid="stAlertContentInfo"]')]
+            return [page.locator('.st-key-predict-files, [data-testid="stAlertContentInfo"]')]
         raise ValueError(name)
 
     # --- reading --------------------------------------------------------------------------

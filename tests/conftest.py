@@ -90,6 +90,16 @@ def make_archive(folder: Path, target: Path) -> Path:
     return target
 
 
+SLOW_KINDS = ("browser", "realdata", "gpu")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser, real-data and GPU tests are slow by nature: ``-m "not slow"`` leaves them out too."""
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in SLOW_KINDS):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding a tiny cifar-10-batches-py (500 train, 100 test images)."""

@@ -85,11 +85,11 @@ def test_dataset_page_shows_the_classes_counts_and_images(cifar_env: Path) -> No
     assert metric(at, "Test images") == "100"
     assert all(name in texts(at) for name in CLASSES)
 
-    counts = figures(at)["data.class_counts"]
+    counts = figures(at)["dataset.class_counts"]
     assert counts["layout"]["title"]["text"] == "Images per class"
     assert [trace["name"] for trace in counts["data"]] == ["train", "validation", "test"]
     assert all(list(trace["x"]) == CLASSES for trace in counts["data"])
-    assert "data.histograms" in figures(at)
+    assert "dataset.histograms" in figures(at)
     # One row of pictures per class, the channel-order comparison and the augmentation preview.
     assert len(at.image) >= 10 + 2 + 5
 
@@ -101,18 +101,18 @@ def test_dataset_page_shows_the_classes_counts_and_images(cifar_env: Path) -> No
 def test_dataset_page_reshuffles_and_rerolls(cifar_env: Path) -> None:
     at = open_page()
     before = [image.value[0] for image in at.image]
-    at.button(key="data.reshuffle").click().run()
+    at.button(key="dataset.reshuffle").click().run()
     assert_ok(at)
     after = [image.value[0] for image in at.image]
-    assert at.session_state["data.grid_seed"] == 1
+    assert at.session_state["dataset.grid_seed"] == 1
     assert after[:10] != before[:10]  # new pictures in the class grid...
     assert after[10:] == before[10:]  # ...and nothing else changed
-    at.button(key="data.reroll").click().run()
+    at.button(key="dataset.reroll").click().run()
     assert_ok(at)
     rerolled = [image.value[0] for image in at.image]
-    assert at.session_state["data.aug_seed"] == 1
+    assert at.session_state["dataset.aug_seed"] == 1
     assert rerolled[:10] == after[:10] and rerolled[10:20] != after[10:20]
-    at.radio(key="data.aug_kind").set_value("crop_flip").run()
+    at.radio(key="dataset.aug_kind").set_value("crop_flip").run()
     assert_ok(at)
     assert "pad the image by 4 pixels" in texts(at)
     assert len(at.image) == len(before)
@@ -126,18 +126,18 @@ def test_dataset_page_installs_an_uploaded_archive(tmp_path: Path,
                            tmp_path / "cifar-10-python.tar.gz").read_bytes()
     at = open_page()
     assert "No usable CIFAR-10 yet" in at.warning[0].value
-    assert at.button(key="data.download")
+    assert at.button(key="dataset.download")
 
-    at.file_uploader(key="data.upload").set_value(
+    at.file_uploader(key="dataset.upload").set_value(
         ("cifar-10-python.tar.gz", b"\x1f\x8b not really gzip", "application/gzip")).run()
-    at.button(key="data.install").click().run()
+    at.button(key="dataset.install").click().run()
     assert_ok(at)
     assert "not installed" in at.error[0].value
     assert not (target / "cifar-10-batches-py").exists()
 
-    at.file_uploader(key="data.upload").set_value(
+    at.file_uploader(key="dataset.upload").set_value(
         ("cifar-10-python.tar.gz", archive, "application/gzip")).run()
-    at.button(key="data.install").click().run()
+    at.button(key="dataset.install").click().run()
     assert_ok(at)
     assert (target / "cifar-10-batches-py" / "test_batch").is_file()
     assert "installed" in at.success[0].value
@@ -153,7 +153,7 @@ def test_model_page_counts_parameters_and_follows_the_widgets(cifar_env: Path) -
     assert "Total params: 167,818" in at.code[0].value
     assert len(at.dataframe[0].value) == 13
 
-    at.toggle(key="m.batch_norm").set_value(True).run()
+    at.toggle(key="model.batch_norm").set_value(True).run()
     assert_ok(at)
     with_bn = count_parameters(build_model(ModelConfig(batch_norm=True)))
     assert with_bn != 167_818
@@ -164,23 +164,23 @@ def test_model_page_counts_parameters_and_follows_the_widgets(cifar_env: Path) -
     at.switch_page("app_pages/dataset.py").run()
     at.switch_page("app_pages/model.py").run()
     assert_ok(at)
-    assert at.toggle(key="m.batch_norm").value is True
+    assert at.toggle(key="model.batch_norm").value is True
     assert metric(at, "Total params") == f"{with_bn:,}"
 
 
 def test_model_page_loads_presets_and_reports_bad_combinations(cifar_env: Path) -> None:
     at = open_page("app_pages/model.py")
-    at.selectbox(key="m.preset").set_value("fast").run()
+    at.selectbox(key="model.preset").set_value("fast").run()
     assert_ok(at)
     fast = PRESETS["fast"]
     assert metric(at, "Total params") == f"{count_parameters(build_model(fast.model)):,}"
-    assert at.radio(key="m.head").value == "global_max"
+    assert at.radio(key="model.head").value == "global_max"
     assert at.session_state["config"][0] == "fast"
     assert at.session_state["config"][2].lr == fast.train.lr
     assert at.session_state["config"][1] == fast.model  # every field, not just the count
 
-    at.selectbox(key="m.preset").set_value("baseline").run()
-    at.slider(key="m.blocks").set_value(6).run()  # valid padding shrinks 32 pixels to nothing
+    at.selectbox(key="model.preset").set_value("baseline").run()
+    at.slider(key="model.blocks").set_value(6).run()  # valid padding shrinks 32 pixels to nothing
     assert_ok(at)
     assert "shrinks to nothing" in at.error[0].value
     assert not at.metric  # no layer table for a network that cannot be built
@@ -192,7 +192,7 @@ def test_model_page_shows_first_layer_filters_of_a_run(cifar_env: Path, trained_
                                                        no_bundled_models: None) -> None:
     monkeypatch.setenv("CIFAR_RUNS_DIR", str(trained_runs_dir))
     at = open_page("app_pages/model.py")
-    assert "tiny-baseline" in at.selectbox(key="m.filters_run").value
+    assert "tiny-baseline" in at.selectbox(key="model.filters_run").value
     # 32 first-layer filters, 16 to a row.
     assert len(at.image) == 2
 
@@ -211,7 +211,7 @@ def test_predict_page_classifies_uploads_and_reports_bad_files(
     monkeypatch.setenv("CIFAR_RUNS_DIR", str(trained_runs_dir))
     at = open_page("app_pages/predict.py")
     red, blue = png_bytes((220, 30, 30)), png_bytes((20, 40, 200), size=(30, 90))
-    at.file_uploader(key="p.files").set_value([
+    at.file_uploader(key="predict.files").set_value([
         ("red.png", red, "image/png"),
         ("broken.png", b"\x89PNG\r\n\x1a\n not a picture", "image/png"),
         ("blue.png", blue, "image/png")]).run()
@@ -223,8 +223,9 @@ def test_predict_page_classifies_uploads_and_reports_bad_files(
     headings = [m.value for m in at.markdown if m.value.startswith("#### Prediction:")]
     assert headings == [f"#### Prediction: {p.label} ({p.top(1)[0][1]:.0%})" for p in expected]
     charts = figures(at)
-    assert {key for key in charts if key.startswith("p.top_k.")} == {"p.top_k.0", "p.top_k.2"}
-    bars = charts["p.top_k.0"]["data"][0]
+    top_k = {key for key in charts if key.startswith("predict.top_k.")}
+    assert top_k == {"predict.top_k.0", "predict.top_k.2"}
+    bars = charts["predict.top_k.0"]["data"][0]
     assert len(bars["y"]) == 5 and bars["y"][0] == expected[0].label
     # The 32x32 picture the model saw is shown, enlarged, next to each original (the feature
     # maps of the "where the model looked" section below are images too).
@@ -236,8 +237,8 @@ def test_predict_page_random_test_images(cifar_env: Path, trained_runs_dir: Path
                                          no_bundled_models: None) -> None:
     monkeypatch.setenv("CIFAR_RUNS_DIR", str(trained_runs_dir))
     at = open_page("app_pages/predict.py")
-    at.radio(key="p.mode").set_value("Random test images").run()
-    at.slider(key="p.n").set_value(8).run()
+    at.radio(key="predict.mode").set_value("Random test images").run()
+    at.slider(key="predict.n").set_value(8).run()
     assert_ok(at)
     summary = next(m.value for m in at.markdown if "correct**" in m.value)
     correct = int(summary.split("**")[1].split(" of ")[0])
@@ -246,6 +247,6 @@ def test_predict_page_random_test_images(cifar_env: Path, trained_runs_dir: Path
     assert len(verdicts) == 8
     assert sum(v.startswith(":green[") for v in verdicts) == correct
     assert len(pictures(at)) == 8
-    at.button(key="p.shuffle").click().run()
+    at.button(key="predict.shuffle").click().run()
     assert_ok(at)
-    assert at.session_state["p.seed"] == 1
+    assert at.session_state["predict.seed"] == 1

@@ -95,8 +95,8 @@ def test_tiny_run_trains_to_completion_then_evaluates(cifar_env: Path) -> None:
     at.switch_page("app_pages/evaluate.py")
     at.run()
     assert not at.exception, [e.message for e in at.exception]
-    assert Path(at.selectbox(key="eval.run").value).name == table["run"][0]
-    heatmap = figures(at)["eval.confusion"]["data"][0]
+    assert Path(at.selectbox(key="evaluate.run").value).name == table["run"][0]
+    heatmap = figures(at)["evaluate.confusion"]["data"][0]
     assert heatmap["type"] == "heatmap"
     counts = array(heatmap["z"])
     assert counts.shape == (10, 10)
@@ -129,24 +129,24 @@ def trained_run(cifar_env: Path, tmp_path: Path) -> Path:
 
 def test_evaluate_page_normalises_switches_split_and_filters_mistakes(trained_run: Path) -> None:
     at = open_page("app_pages/evaluate.py")
-    assert at.selectbox(key="eval.run").value == str(trained_run)
+    assert at.selectbox(key="evaluate.run").value == str(trained_run)
 
-    at.toggle(key="eval.normalize").set_value(True).run()
-    shares = array(figures(at)["eval.confusion"]["data"][0]["z"])
+    at.toggle(key="evaluate.normalize").set_value(True).run()
+    shares = array(figures(at)["evaluate.confusion"]["data"][0]["z"])
     rows = shares.sum(axis=1)
     assert np.allclose(rows[rows > 0], 1.0)
 
-    at.toggle(key="eval.normalize").set_value(False)
-    at.radio(key="eval.split").set_value("val").run()
+    at.toggle(key="evaluate.normalize").set_value(False)
+    at.radio(key="evaluate.split").set_value("val").run()
     assert not at.exception
     assert any(m.label == "Validation accuracy" for m in at.metric)
-    counts_on = array(figures(at)["eval.confusion"]["data"][0]["z"])
+    counts_on = array(figures(at)["evaluate.confusion"]["data"][0]["z"])
     assert counts_on.shape == (10, 10) and counts_on.sum() == 100
 
     report = at.dataframe[0].value
     assert list(report.columns) == ["class", "precision", "recall", "f1", "support"]
     assert report["support"].sum() == 100
-    bars = figures(at)["eval.per_class_bars"]["data"]
+    bars = figures(at)["evaluate.per_class_bars"]["data"]
     assert [trace["name"] for trace in bars] == ["precision", "recall", "f1"]
 
     # The gallery, filtered to the true class with the most mistakes, shows exactly those.
@@ -154,7 +154,7 @@ def test_evaluate_page_normalises_switches_split_and_filters_mistakes(trained_ru
     worst = int(np.argmax(wrong))
     assert wrong[worst] > 0, "a network trained for one epoch makes mistakes"
     name = report["class"][worst]
-    at.selectbox(key="eval.true").set_value(name).run()
+    at.selectbox(key="evaluate.true").set_value(name).run()
     gallery = [image.proto.imgs[0].caption for image in at.get("image")]
     assert len(gallery) == min(24, wrong[worst])
     assert all(caption.startswith(f"{name} → ") for caption in gallery)

@@ -283,27 +283,27 @@ def run_tour(app: AppPage, tour: Tour, data_dir: Path) -> None:
     # Evaluate: this run is chosen, with its accuracy and confusion matrix.
     after: dict[str, float] = {"Evaluate": app.goto("Evaluate")}
     app.assert_clean()
-    assert run_name in app.widget_text("eval.run")
+    assert run_name in app.widget_text("evaluate.run")
     accuracy = app.metric("Test accuracy")
     assert re.fullmatch(r"\d{1,3}\.\d%", accuracy), accuracy
-    assert page.locator(".st-key-eval-confusion .main-svg").first.is_visible()
+    assert page.locator(".st-key-evaluate-confusion .main-svg").first.is_visible()
     print(f"Evaluate: test accuracy {accuracy} ({app.metric('Correct')} correct)")
     shoot(app, tour, "evaluate", scroll_to=page.locator('[data-testid="stMetric"]'))
 
     # Predict: upload a picture, read the answer.
     after["Predict"] = app.goto("Predict")
     app.assert_clean()
-    assert run_name in app.widget_text("p.run")
+    assert run_name in app.widget_text("predict.run")
     name, raw = upload_picture(data_dir)
     start = time.perf_counter()
-    page.locator('.st-key-p-files input[type="file"]').set_input_files(
+    page.locator('.st-key-predict-files input[type="file"]').set_input_files(
         files=[{"name": name, "mimeType": "image/png", "buffer": raw}])
     answer = page.get_by_text(re.compile(r"^Prediction: \w+ \(\d+%\)$"))
     answer.wait_for()
     text = answer.inner_text()
     print(f"Predict: {name} -> {text} ({time.perf_counter() - start:.2f}s after the upload)")
     assert re.match(r"Prediction: (\w+)", text).group(1) in CLASSES
-    page.locator('.st-key-p-top_k-0 .main-svg').first.wait_for()
+    page.locator('.st-key-predict-top_k-0 .main-svg').first.wait_for()
     app.assert_clean()
     shoot(app, tour, "predict")
     page.get_by_text("Random test images", exact=True).click()

@@ -125,7 +125,7 @@ def test_train_writes_a_run_folder(trained: tuple[Path, subprocess.CompletedProc
     assert run.status == "finished" and len(run.history) == 1
     assert run.model_config.conv_filters == (8, 16, 16) and run.train_config.batch_size == 32
     assert run.config["subset"] == 200 and run.config["preset"] == "baseline"
-    assert np.array(run.metrics["confusion_matrix"]).sum() == 50
+    assert np.array(run.metrics.confusion_matrix).sum() == 50
 
 
 def test_evaluate_json_matches_an_in_process_evaluation(trained: tuple[Path, subprocess.CompletedProcess],
@@ -162,7 +162,7 @@ def test_predict_json_matches_an_in_process_prediction(trained: tuple[Path, subp
     report = json.loads(result.stdout)
     run = load_run(out)
     expected = predict_files(run.load_model(), [(str(p), p.read_bytes()) for p in images],
-                             tuple(run.metrics["classes"]))
+                             run.metrics.classes)
     assert [r["file"] for r in report] == [str(p) for p in images]
     for got, want in zip(report, expected):
         assert got["label"] == want.label

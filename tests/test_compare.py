@@ -12,12 +12,14 @@ import pytest
 from helpers import array
 from streamlit.testing.v1 import AppTest
 
-from cifar_core.compare import config_diff, curves_frame, format_value, leaderboard
+from cifar_core.compare import config_diff, curves_frame, leaderboard
 from cifar_core.config import ModelConfig, TrainConfig
 from cifar_core.data import load_cifar10
 from cifar_core.evaluation import evaluate
+from cifar_core.formatting import format_setting as format_value
 from cifar_core.pipeline import train_run
-from cifar_core.runs import Run, load_run
+from cifar_core.runs import Run, RunMetrics, load_run
+from cifar_core.training import EpochRecord
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 TINY = TrainConfig(epochs=3, augmentation="none", early_stopping=False, precision="fp32", device="cpu")
@@ -25,12 +27,12 @@ TINY = TrainConfig(epochs=3, augmentation="none", early_stopping=False, precisio
 
 def make_run(name: str, model: ModelConfig | None = None, train: TrainConfig | None = None,
              preset: str | None = "baseline", subset: int | None = None,
-             metrics: dict | None = None, history: list[dict] | None = None) -> Run:
+             metrics: dict | None = None, history: list[EpochRecord] | None = None) -> Run:
     model, train = model or ModelConfig(), train or TrainConfig()
     config = {"model": model.to_dict(), "train": train.to_dict(), "preset": preset,
               "subset": subset, "created": f"2026-01-01T00:00:{len(name):02d}"}
     return Run(Path("/nowhere") / name, model, train, config, history or [],
-               {"status": "finished", **(metrics or {})})
+               RunMetrics.from_dict({"status": "finished", **(metrics or {})}))
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +57,9 @@ def test_every_epoch_keeps_its_validation_matrix_and_the_best_one_matches_the_we
     rows = matrices.sum(axis=2)
     assert (rows == np.bincount(data.y_val, minlength=10)).all(), "rows are the true classes"
     accuracy = np.trace(matrices, axis1=1, axis2=2) / len(data.y_val)
-    assert accuracy == pytest.approx([row["val_acc"] for row in run.history], abs=1e-6)
+    assert accuracy == pytest.approx([row.val_acc for row in run.history], abs=1e-6)
     # The saved weights are the best epoch's, so a fresh evaluation gives that epoch's matrix.
-    best = run.metrics["best_epoch"]
+    best = run.metrics.best_epoch
     fresh = evaluate(run.load_model(), data.x_val, data.y_val, data.classes, device="cpu")
     assert np.array_equal(fresh.confusion(), matrices[best - 1])
 
@@ -99,7 +101,7 @@ def test_leaderboard_sorts_by_validation_accuracy_with_unfinished_runs_last() ->
         make_run("best", preset="quick", subset=2000,
                  metrics={"val_acc": 0.79, "test_acc": 0.78, "images_per_second": 3000.0,
                           "train_seconds": 60.5},
-                 history=[{"epoch": 1}, {"epoch": 2}]),
+                 history=[EpochRecord.from_dict({"epoch": 1}), EpochRecord.from_dict({"epoch": 2})]),
     ]
     board = leaderboard(runs)
     assert list(board.columns) == ["run", "preset", "status", "val_acc", "test_acc", "epochs",
@@ -142,23 +144,23 @@ def evaluate_page(runs_root: Path, cifar_env: Path, monkeypatch: pytest.MonkeyPa
 def test_evaluate_page_epoch_slider_shows_each_epochs_matrix_and_its_change(
         evaluate_page: AppTest, runs_root: Path) -> None:
     at = evaluate_page
-    at.selectbox(key="eval.run").set_value(str(runs_root / "a-baseline")).run()
+    at.selectbox(key="evaluate.run").set_value(str(runs_root / "a-baseline")).run()
     matrices = load_run(runs_root / "a-baseline").val_confusions()
-    slider = at.slider(key="eval.epoch")
+    slider = at.slider(key="evaluate.epoch")
     assert (slider.min, slider.max, slider.value) == (1, 3, 3)
     shown = figures(at)
-    assert np.array_equal(array(shown["eval.epoch_confusion"]["data"][0]["z"]), matrices[2])
-    change = shown["eval.epoch_change"]["data"][0]
+    assert np.array_equal(array(shown["evaluate.epoch_confusion"]["data"][0]["z"]), matrices[2])
+    change = shown["evaluate.epoch_change"]["data"][0]
     assert np.array_equal(array(change["customdata"]), matrices[2] - matrices[1])
-    accuracy_line = shown["eval.epoch_accuracy"]["data"][-1]
+    accuracy_line = shown["evaluate.epoch_accuracy"]["data"][-1]
     assert accuracy_line["name"] == "all classes"
     assert array(accuracy_line["y"]) == pytest.approx(np.trace(matrices, axis1=1, axis2=2) / 100)
 
-    at.slider(key="eval.epoch").set_value(1).run()
+    at.slider(key="evaluate.epoch").set_value(1).run()
     assert not at.exception, [e.message for e in at.exception]
     shown = figures(at)
-    assert np.array_equal(array(shown["eval.epoch_confusion"]["data"][0]["z"]), matrices[0])
-    assert "eval.epoch_change" not in shown, "nothing before epoch 1"
+    assert np.array_equal(array(shown["evaluate.epoch_confusion"]["data"][0]["z"]), matrices[0])
+    assert "evaluate.epoch_change" not in shown, "nothing before epoch 1"
     label = "Validation accuracy after epoch 1"
     assert next(m.value for m in at.metric if m.label == label) == f"{np.trace(matrices[0]) / 100:.1%}"
 
@@ -166,14 +168,14 @@ def test_evaluate_page_epoch_slider_shows_each_epochs_matrix_and_its_change(
 def test_evaluate_page_shows_the_images_of_a_chosen_cell(evaluate_page: AppTest) -> None:
     at = evaluate_page
     # The main matrix's cells can be clicked: an invisible marker per cell on top of the heatmap.
-    matrix = figures(at)["eval.confusion"]
+    matrix = figures(at)["evaluate.confusion"]
     assert [t["type"] for t in matrix["data"]] == ["heatmap", "scatter"]
     assert len(matrix["data"][1]["x"]) == 100
     counts = array(matrix["data"][0]["z"])
     diagonal = int(np.argmax(np.diag(counts)))
-    name = at.selectbox(key="eval.true").options[diagonal + 1]
-    at.selectbox(key="eval.true").set_value(name)
-    at.selectbox(key="eval.predicted").set_value(name).run()
+    name = at.selectbox(key="evaluate.true").options[diagonal + 1]
+    at.selectbox(key="evaluate.true").set_value(name)
+    at.selectbox(key="evaluate.predicted").set_value(name).run()
     assert not at.exception, [e.message for e in at.exception]
     captions = [image.proto.imgs[0].caption for image in at.get("image")]
     assert len(captions) == min(24, counts[diagonal, diagonal]) > 0
@@ -184,10 +186,11 @@ def test_evaluate_page_shows_the_images_of_a_chosen_cell(evaluate_page: AppTest)
 
 def test_evaluate_page_compares_runs(evaluate_page: AppTest) -> None:
     at = evaluate_page
-    assert sorted(Path(p).name for p in at.multiselect(key="eval.compare").value) == ["a-baseline", "b-bn"]
+    chosen = at.multiselect(key="evaluate.compare").value
+    assert sorted(Path(p).name for p in chosen) == ["a-baseline", "b-bn"]
     shown = figures(at)
-    assert sorted(t["name"] for t in shown["eval.compare_acc"]["data"]) == ["a-baseline", "b-bn"]
-    assert sorted(t["name"] for t in shown["eval.compare_loss"]["data"]) == ["a-baseline", "b-bn"]
+    assert sorted(t["name"] for t in shown["evaluate.compare_acc"]["data"]) == ["a-baseline", "b-bn"]
+    assert sorted(t["name"] for t in shown["evaluate.compare_loss"]["data"]) == ["a-baseline", "b-bn"]
     # Read-only tables carry no key in AppTest: tell them apart by their columns.
     tables = [frame.value for frame in at.dataframe]
     diff = next(t for t in tables if "setting" in t.columns)
@@ -198,8 +201,8 @@ def test_evaluate_page_compares_runs(evaluate_page: AppTest) -> None:
     assert sorted(board["run"]) == ["a-baseline", "b-bn"]
     assert list(board["val_acc"]) == sorted(board["val_acc"], reverse=True)
 
-    one = [p for p in at.multiselect(key="eval.compare").value if p.endswith("b-bn")]
-    at.multiselect(key="eval.compare").set_value(one).run()
+    one = [p for p in at.multiselect(key="evaluate.compare").value if p.endswith("b-bn")]
+    at.multiselect(key="evaluate.compare").set_value(one).run()
     assert not at.exception, [e.message for e in at.exception]
     assert not any("setting" in frame.value.columns for frame in at.dataframe)
     assert any("second run" in c.value for c in at.caption)

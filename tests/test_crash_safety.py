@@ -95,11 +95,11 @@ def test_sigkill_mid_epoch_leaves_a_readable_interrupted_run(cifar_root: Path, t
     rows = assert_complete_history(out)
     assert 2 <= len(rows) < 50
     run = load_run(out)
-    assert run.metrics["status"] == "running" and run.metrics["pid"] == proc.pid
+    assert run.metrics.status == "running" and run.metrics.pid == proc.pid
     assert run.status == "interrupted"
     # metrics.json is written after history.csv: it is at most one epoch behind.
-    assert run.metrics["epochs_run"] in (len(rows) - 1, len(rows))
-    assert 1 <= run.metrics["best_epoch"] <= len(rows)
+    assert run.metrics.epochs_run in (len(rows) - 1, len(rows))
+    assert 1 <= run.metrics.best_epoch <= len(rows)
     assert len(run.history) == len(rows)
     confusions = run.val_confusions()
     assert confusions is not None and len(confusions) in (len(rows), len(rows) + 1)
@@ -161,7 +161,7 @@ def test_a_crash_at_any_write_leaves_the_last_complete_state(data: CifarData, tm
         run = load_run(path)  # every file there is a complete old or new version
         rows = assert_complete_history(path) if (path / runs.HISTORY_FILE).exists() else []
         assert len(run.history) == len(rows)
-        assert run.metrics.get("epochs_run", 0) in (len(rows) - 1, len(rows)) or not rows
+        assert (run.metrics.epochs_run or 0) in (len(rows) - 1, len(rows)) or not rows
         if runs.WEIGHTS_FILE in written:
             run.load_model()
         else:
@@ -273,4 +273,4 @@ def test_job_whose_disk_fills_up_mid_run_fails_with_the_reason(data: CifarData, 
     monkeypatch.setattr(runs, "atomic_write", real)
     again = registry.wait(registry.submit(TINY, FAST, data, runs_root=tmp_path / "runs"), timeout=120)
     assert again.status == "finished"
-    assert np.isfinite(again.metrics["test_acc"])
+    assert np.isfinite(again.metrics.test_acc)

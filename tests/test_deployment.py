@@ -14,6 +14,7 @@ from cifar_core.config import ModelConfig, TrainConfig
 from cifar_core.data import load_cifar10
 from cifar_core.deployment import cpu_quota, current_profile, detect
 from cifar_core.jobs import JobLimitError, JobRegistry, default_torch_threads
+from cifar_core.runs import RunMetrics
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 
@@ -116,9 +117,9 @@ def test_cloud_queue_is_short_then_refuses(monkeypatch: pytest.MonkeyPatch, cifa
     monkeypatch.setenv("CIFAR_PROFILE", "cloud")
     released = threading.Event()
 
-    def held_run(*args: object, stop: threading.Event, **kwargs: object) -> dict:
+    def held_run(*args: object, stop: threading.Event, **kwargs: object) -> RunMetrics:
         released.wait(30)
-        return {"status": "finished"}
+        return RunMetrics(status="finished")
 
     monkeypatch.setattr(jobs, "train_run", held_run)
     data = load_cifar10(cifar_root, download=False)

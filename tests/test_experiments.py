@@ -13,13 +13,14 @@ from cifar_core import experiments
 from cifar_core.config import get_preset
 from cifar_core.data import load_cifar10, to_images
 from cifar_core.experiments import EXPERIMENTS, Summary, as_presented, result_record
+from cifar_core.training import EpochRecord
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 
 
-def history(val_accs: list[float], train_accs: list[float] | None = None) -> list[dict]:
+def history(val_accs: list[float], train_accs: list[float] | None = None) -> list[EpochRecord]:
     train_accs = train_accs or val_accs
-    return [{"epoch": i + 1, "val_acc": v, "train_acc": t, "val_loss": 1.0, "train_loss": 1.0}
+    return [EpochRecord(i + 1, 1.0, t, 1.0, v, 0.001, 1.0)
             for i, (v, t) in enumerate(zip(val_accs, train_accs))]
 
 

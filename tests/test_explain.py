@@ -17,14 +17,19 @@ from cifar_core.explain import (
     conv_stage_names,
     feature_maps,
     gradcam,
-    predicted_class,
     saliency,
     upsample_to_input,
 )
-from cifar_core.model import ACTIVATIONS, build_model, layer_table
+from cifar_core.model import ACTIVATIONS, CifarCNN, build_model, layer_table, predict_logits
 from cifar_core.training import fit
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+
+
+
+def predicted_class(model: CifarCNN, pixels: np.ndarray) -> int:
+    """The class the model gives one uint8 image (no test-time flip)."""
+    return int(predict_logits(model, pixels[None], torch.device("cpu")).argmax(1)[0])
 
 
 @pytest.fixture(scope="module")
@@ -190,28 +195,28 @@ def test_predict_page_shows_grad_cam_and_feature_maps_for_a_test_image(
     at.run()
     at.switch_page("app_pages/predict.py")
     at.run()
-    at.radio(key="p.mode").set_value("Random test images").run()
+    at.radio(key="predict.mode").set_value("Random test images").run()
     assert not at.exception, [e.message for e in at.exception]
 
     charts = {chart.key: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}
-    panels = charts["p.explain"]
+    panels = charts["predict.explain"]
     assert [t["type"] for t in panels["data"]] == ["image"] * len(panels["data"])
     titles = [a["text"] for a in panels["layout"]["annotations"]]
     assert titles[0].startswith("The image") and titles[1].startswith("Grad-CAM: ")
     assert "(predicted, " in titles[1]
     assert len(titles) == 3, "the predicted class and a second one"
-    assert at.selectbox(key="p.explain_layer").value == "conv3"
+    assert at.selectbox(key="predict.explain_layer").value == "conv3"
     # One grid of feature maps per conv layer, under the 12 test images.
     captions = [image.proto.imgs[0].caption for image in at.get("image")]
     assert [c.split(":")[0] for c in captions if c.startswith("conv")] == ["conv1", "conv2", "conv3"]
     assert "conv1: the first 16 of 32 maps, 30×30 each" in captions
 
     # Another class, another method: the figure follows.
-    picked = next(s for s in at.selectbox if s.key.startswith("p.explain_class."))
+    picked = next(s for s in at.selectbox if s.key.startswith("predict.explain_class."))
     other = next(o for o in range(10) if o != picked.value)
     picked.set_value(other)
-    at.radio(key="p.explain_method").set_value("Saliency (SmoothGrad)").run()
+    at.radio(key="predict.explain_method").set_value("Saliency (SmoothGrad)").run()
     assert not at.exception, [e.message for e in at.exception]
     titles = [a["text"] for a in json.loads(at.get("plotly_chart")[-1].proto.spec)["layout"]["annotations"]]
     assert titles[1].startswith("Saliency: ")
-    assert at.selectbox(key="p.explain_layer").disabled
+    assert at.selectbox(key="predict.explain_layer").disabled

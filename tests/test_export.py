@@ -111,17 +111,17 @@ def test_missing_files_are_an_export_error(trained, tmp_path: Path) -> None:  # 
 # --- confusion matrix ----------------------------------------------------------------
 
 def test_confusion_comes_from_metrics_with_the_run_classes(trained) -> None:  # noqa: ANN001
-    matrix = export.test_confusion(trained)
-    assert matrix.tolist() == trained.metrics["confusion_matrix"]
+    matrix = trained.test_confusion()
+    assert matrix.tolist() == trained.metrics.confusion_matrix
     assert matrix.sum() == 100  # the fixture's test images, each counted once
-    assert export.run_classes(trained) == tuple(trained.metrics["classes"])
+    assert trained.classes == trained.metrics.classes
 
 
 @pytest.mark.parametrize("stored", [None, [[1, 2], [3, 4]], "junk", [[-1] * 10] * 10])
 def test_no_or_malformed_confusion_gives_none(tmp_path: Path, stored: object) -> None:
     run = random_run(tmp_path / "r", "baseline", metrics={"confusion_matrix": stored})
-    assert export.test_confusion(run) is None
-    assert export.run_classes(run) == DEFAULT_CLASSES
+    assert run.test_confusion() is None
+    assert run.classes == DEFAULT_CLASSES
 
 
 def test_confusion_csv_has_class_names_as_header_and_index() -> None:

@@ -62,14 +62,14 @@ def test_short_run_trains_and_tests_on_the_accelerator(data: CifarData, tmp_path
     train = replace(p.train, epochs=3, batch_size=32, device=DEVICE if device == "explicit" else "auto",
                     seed=1)
     metrics = train_run(p.model, train, data, tmp_path / "run", preset=preset)
-    assert metrics["status"] == "finished"
+    assert metrics.status == "finished"
     assert allocated() > 0, "the run never touched the accelerator"
     history = load_run(tmp_path / "run").history
     assert len(history) == 3
-    assert all(np.isfinite([r["train_loss"], r["val_loss"]]).all() for r in history)
-    assert min(r["train_loss"] for r in history[1:]) < history[0]["train_loss"], "the loss went down"
-    assert max(r["val_acc"] for r in history) > 0.2, "better than chance (0.1) on learnable images"
-    assert sum(map(sum, metrics["confusion_matrix"])) == len(data.y_test)
+    assert all(np.isfinite([r.train_loss, r.val_loss]).all() for r in history)
+    assert min(r.train_loss for r in history[1:]) < history[0].train_loss, "the loss went down"
+    assert max(r.val_acc for r in history) > 0.2, "better than chance (0.1) on learnable images"
+    assert sum(map(sum, metrics.confusion_matrix)) == len(data.y_test)
 
 
 def test_weights_trained_on_the_accelerator_give_the_same_answers_on_the_cpu(
@@ -82,7 +82,7 @@ def test_weights_trained_on_the_accelerator_give_the_same_answers_on_the_cpu(
                       tta_flip=train.tta_flip)
     on_cpu = evaluate(run.load_model("cpu"), data.x_test, data.y_test, data.classes, device="cpu",
                       tta_flip=train.tta_flip)
-    assert on_gpu.accuracy == pytest.approx(run.metrics["test_acc"])
+    assert on_gpu.accuracy == pytest.approx(run.metrics.test_acc)
     assert np.abs(on_gpu.probabilities - on_cpu.probabilities).max() < 1e-3
     assert (on_gpu.predicted == on_cpu.predicted).mean() >= 0.99
 

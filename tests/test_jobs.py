@@ -60,7 +60,7 @@ def test_job_trains_to_finished_and_writes_its_run(data: CifarData, tmp_path: Pa
     assert snap.run_dir is not None and snap.run_dir.parent == tmp_path
     metrics = json.loads((snap.run_dir / "metrics.json").read_text())
     assert metrics["status"] == "finished"
-    assert snap.metrics["test_acc"] == metrics["test_acc"] and 0 <= metrics["test_acc"] <= 1
+    assert snap.metrics.test_acc == metrics["test_acc"] and 0 <= metrics["test_acc"] <= 1
     assert snap.ended >= snap.started >= snap.submitted
 
 

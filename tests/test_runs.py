@@ -3,6 +3,7 @@ and weights that can only be loaded as safetensors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -85,10 +86,10 @@ def test_history_csv_columns_and_rows(run_dir: Path) -> None:
     lines = (run_dir / "history.csv").read_text().splitlines()
     assert lines[0] == HISTORY_HEADER
     rows = read_history(run_dir / "history.csv")
-    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r.epoch for r in rows] == [1, 2]
     for r in rows:
-        assert 0 <= r["train_acc"] <= 1 and 0 <= r["val_acc"] <= 1
-        assert r["train_loss"] > 0 and r["val_loss"] > 0 and r["seconds"] > 0 and r["lr"] == 3e-3
+        assert 0 <= r.train_acc <= 1 and 0 <= r.val_acc <= 1
+        assert r.train_loss > 0 and r.val_loss > 0 and r.seconds > 0 and r.lr == 3e-3
 
 
 def test_metrics_json_has_the_documented_figures(run_dir: Path, data: CifarData) -> None:
@@ -104,14 +105,14 @@ def test_metrics_json_has_the_documented_figures(run_dir: Path, data: CifarData)
     # Rows are true classes.
     assert cm.sum(axis=1).tolist() == np.bincount(data.y_test, minlength=10).tolist()
     history = read_history(run_dir / "history.csv")
-    assert metrics["val_acc"] == pytest.approx(history[metrics["best_epoch"] - 1]["val_acc"], abs=1e-6)
+    assert metrics["val_acc"] == pytest.approx(history[metrics["best_epoch"] - 1].val_acc, abs=1e-6)
 
 
 def test_saved_weights_reproduce_the_test_figures(run_dir: Path, data: CifarData) -> None:
     run = load_run(run_dir)
     result = evaluate(run.load_model(), data.x_test, data.y_test, data.classes, device="cpu")
-    assert result.accuracy == pytest.approx(run.metrics["test_acc"])
-    assert result.confusion().tolist() == run.metrics["confusion_matrix"]
+    assert result.accuracy == pytest.approx(run.metrics.test_acc)
+    assert result.confusion().tolist() == run.metrics.confusion_matrix
 
 
 def test_config_json_rebuilds_model_and_training(run_dir: Path) -> None:
@@ -135,8 +136,8 @@ def test_load_run_reads_history_and_status(run_dir: Path) -> None:
 def test_same_seed_gives_the_same_run_folder(run_dir: Path, data: CifarData, tmp_path: Path) -> None:
     train_run(TINY, TRAIN, data, tmp_path / "again")
 
-    def without_seconds(path: Path) -> list[dict]:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in read_history(path)]
+    def without_seconds(path: Path) -> list[EpochRecord]:
+        return [dataclasses.replace(row, seconds=0.0) for row in read_history(path)]
 
     assert without_seconds(tmp_path / "again" / "history.csv") == without_seconds(run_dir / "history.csv")
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
@@ -152,8 +153,8 @@ def test_stopped_run_is_tested_and_marked_stopped(data: CifarData, tmp_path: Pat
         stop.set()
 
     metrics = train_run(TINY, TRAIN, data, tmp_path / "stopped", on_event=stop_at_once, stop=stop)
-    assert metrics["status"] == "stopped" and metrics["best_epoch"] == 1
-    assert 0 <= metrics["test_acc"] <= 1
+    assert metrics.status == "stopped" and metrics.best_epoch == 1
+    assert 0 <= metrics.test_acc <= 1
     assert load_run(tmp_path / "stopped").status == "stopped"
 
 
@@ -170,7 +171,7 @@ def test_crash_mid_run_keeps_the_finished_epochs(data: CifarData, tmp_path: Path
         train_run(TINY, TRAIN, data, tmp_path / "crashed", on_event=crash_after_first_epoch)
     run = load_run(tmp_path / "crashed")
     assert run.status == "interrupted"
-    assert [r["epoch"] for r in run.history] == [1]
+    assert [r.epoch for r in run.history] == [1]
     run.load_model()  # the best epoch so far is usable
 
 
@@ -306,7 +307,7 @@ def test_missing_weights_say_so(run_dir: Path, tmp_path: Path) -> None:
 
 def test_weights_round_trip_exactly(tmp_path: Path) -> None:
     state = {"a": torch.randn(3, 4), "b": torch.arange(5)}
-    runs.save_weights(state, tmp_path / "w.safetensors")
+    runs.atomic_write(tmp_path / "w.safetensors", runs.save_weights_bytes(state))
     loaded = runs.load_weights(tmp_path / "w.safetensors")
     assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
 
@@ -367,9 +368,7 @@ def test_history_csv_round_trips(tmp_path: Path) -> None:
                EpochRecord(2, 1.9, 0.3, 1.8, 0.35, 0.0005, 1.25)]
     (tmp_path / "history.csv").write_bytes(history_csv(history))
     assert (tmp_path / "history.csv").read_text().splitlines()[0] == HISTORY_HEADER
-    assert read_history(tmp_path / "history.csv") == [
-        {"epoch": r.epoch, "train_loss": r.train_loss, "train_acc": r.train_acc, "val_loss": r.val_loss,
-         "val_acc": r.val_acc, "lr": r.lr, "seconds": r.seconds} for r in history]
+    assert read_history(tmp_path / "history.csv") == history
     assert read_history(tmp_path / "absent.csv") == []
 
 

@@ -1,29 +1,26 @@
-"""Plotly figures the pages draw; plain functions of arrays and frames, testable without Streamlit."""
+"""Plotly figures and pixel pictures the pages draw: plain functions of arrays and frames.
+
+The app side of plotting, so the core never imports plotly; ``add_cell_picker`` is the
+one helper that knows about Streamlit's selection events.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-from .model import LayerRow
+from cifar_core.model import LayerRow
+from cifar_core.stats import CHANNELS
+from cifar_core.training import HISTORY_COLUMNS, EpochRecord
 
 # --- dataset, model and prediction views ----------------------------------------
 
-CHANNELS = ("red", "green", "blue")
 CHANNEL_COLOURS = {"red": "#d62728", "green": "#2ca02c", "blue": "#1f77b4"}
-SPLIT_TITLES = {"train": "train", "val": "validation", "test": "test"}
-
-
-def class_count_table(labels: dict[str, np.ndarray], classes: tuple[str, ...]) -> pd.DataFrame:
-    """Images per class and split, long format: columns class, split, images."""
-    rows = [{"class": name, "split": SPLIT_TITLES.get(split, split), "images": int(count)}
-            for split, y in labels.items()
-            for name, count in zip(classes, np.bincount(y, minlength=len(classes)), strict=True)]
-    return pd.DataFrame(rows, columns=["class", "split", "images"])
 
 
 def class_counts_figure(counts: pd.DataFrame) -> go.Figure:
@@ -33,27 +30,6 @@ def class_counts_figure(counts: pd.DataFrame) -> go.Figure:
     fig.update_layout(xaxis_title=None, yaxis_title="images", legend_title=None,
                       margin={"t": 50, "b": 10}, height=380)
     return fig
-
-
-def pixel_histograms(images: np.ndarray, chunk: int = 5000) -> np.ndarray:
-    """Counts of each value 0..255 per channel, shape (3, 256), for uint8 (N, H, W, 3)."""
-    counts = np.zeros((3, 256), dtype=np.int64)
-    # Chunks keep the temporary int64 copies bincount makes to a few tens of MB.
-    for start in range(0, len(images), chunk):
-        block = images[start:start + chunk]
-        for c in range(3):
-            counts[c] += np.bincount(block[..., c].ravel(), minlength=256)
-    return counts
-
-
-def channel_stats_table(histograms: np.ndarray) -> pd.DataFrame:
-    """Mean and standard deviation per channel, exact, from the (3, 256) histograms."""
-    values = np.arange(256) / 255.0
-    total = histograms.sum(axis=1)
-    mean = (histograms * values).sum(axis=1) / total
-    std = np.sqrt(np.maximum((histograms * values ** 2).sum(axis=1) / total - mean ** 2, 0))
-    return pd.DataFrame({"channel": CHANNELS, "mean": mean, "std": std,
-                         "mean (0-255)": mean * 255, "std (0-255)": std * 255})
 
 
 def channel_histogram_figure(histograms: np.ndarray) -> go.Figure:
@@ -142,16 +118,12 @@ def network_dot(rows: list[LayerRow], rankdir: str = "TB") -> str:
 # --- training and evaluation views ----------------------------------------------
 
 TRAIN_COLOUR, VAL_COLOUR, BEST_COLOUR = "#3b6fd4", "#e4572e", "#2ca02c"
-HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+def history_frame(history: Sequence[EpochRecord]) -> pd.DataFrame:
+    """Epoch records as a frame, one row per epoch."""
+    return pd.DataFrame([asdict(r) for r in history], columns=list(HISTORY_COLUMNS))
 
 
-def history_frame(history: Sequence[Mapping[str, float] | object]) -> pd.DataFrame:
-    """Epoch records (rows of history.csv or EpochRecord objects) as a frame, one row per epoch."""
-    rows = [dict(r) if isinstance(r, Mapping) else vars(r) for r in history]
-    return pd.DataFrame(rows, columns=list(HISTORY_FIELDS))
-
-
-def training_curves_figure(history: Sequence[Mapping[str, float] | object], metric: str = "loss",
+def training_curves_figure(history: Sequence[EpochRecord], metric: str = "loss",
                            best_epoch: int | None = None, epochs: int | None = None) -> go.Figure:
     """Train and validation ``loss`` or ``accuracy`` per epoch, the best epoch marked.
 
@@ -383,15 +355,15 @@ def feature_grid(maps: np.ndarray, columns: int = 8, scale: int = 1, gap: int = 
 
 # --- experiments -----------------------------------------------------------------
 
-def arms_curves_figure(arms: Sequence[tuple[str, Sequence[Mapping[str, float]]]],
+def arms_curves_figure(arms: Sequence[tuple[str, Sequence[EpochRecord]]],
                        with_train: bool = False) -> go.Figure:
     """Validation accuracy per epoch, one line per arm; ``with_train`` adds dashed train lines."""
     rows = []
     for label, history in arms:
         for r in history:
-            rows.append({"arm": label, "epoch": r["epoch"], "accuracy": r["val_acc"], "split": "validation"})
+            rows.append({"arm": label, "epoch": r.epoch, "accuracy": r.val_acc, "split": "validation"})
             if with_train:
-                rows.append({"arm": label, "epoch": r["epoch"], "accuracy": r["train_acc"], "split": "train"})
+                rows.append({"arm": label, "epoch": r.epoch, "accuracy": r.train_acc, "split": "train"})
     frame = pd.DataFrame(rows)
     fig = px.line(frame, x="epoch", y="accuracy", color="arm", markers=True,
                   line_dash="split" if with_train else None)

@@ -1,0 +1,68 @@
+"""A run folder read back as typed records: metrics, epochs, and what every page asks of a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cifar_core.bundled import bundled_runs
+from cifar_core.compare import leaderboard, run_table
+from cifar_core.config import ModelConfig, TrainConfig
+from cifar_core.data import DEFAULT_CLASSES
+from cifar_core.runs import MODELS_DIR, RunMetrics, RunWriter, load_run
+from cifar_core.training import EpochRecord
+
+RECORD = EpochRecord(1, 2.0, 0.3, 1.9, 0.35, 0.001, 2.5)
+
+
+def write_run(path: Path, finish: dict | None = None, subset: int | None = None) -> Path:
+    writer = RunWriter(path, ModelConfig(), TrainConfig(), preset="baseline", subset=subset)
+    writer.epoch_done([RECORD], 1, np.eye(10, dtype=np.int64), None)
+    if finish is not None:
+        writer.finish("finished", **finish)
+    return path
+
+
+def test_metrics_keep_the_file_format() -> None:
+    assert RunMetrics().to_dict() == {"status": "running", "best_epoch": 0, "val_acc": None, "test_acc": None,
+                                      "images_per_second": None, "train_seconds": None,
+                                      "confusion_matrix": None}
+    done = RunMetrics(status="finished", classes=("a", "b"), stopped_early=False)
+    assert done.to_dict()["classes"] == ["a", "b"] and done.to_dict()["stopped_early"] is False
+    assert RunMetrics.from_dict(done.to_dict()) == done
+
+
+def test_metrics_of_the_wrong_type_count_as_missing() -> None:
+    metrics = RunMetrics.from_dict({"status": 3, "val_acc": "high", "best_epoch": True, "classes": "x"})
+    assert metrics == RunMetrics(status="interrupted")
+
+
+def test_a_run_answers_its_label_classes_accuracy_and_origin(tmp_path: Path) -> None:
+    running = load_run(write_run(tmp_path / "r1", subset=2000))
+    assert running.status == "running" and running.accuracy == 0.35 and running.metrics.epochs_run == 1
+    assert running.label == "r1 (running) · baseline · 2,000 images"
+    assert running.classes == DEFAULT_CLASSES and not running.is_bundled
+    assert running.history == [RECORD]
+    done = load_run(write_run(tmp_path / "r2", finish={"test_acc": 0.4, "classes": tuple("abcdefghij")}))
+    assert done.accuracy == 0.4 and done.classes == tuple("abcdefghij")
+    assert done.label == "r2 (finished) · baseline · test 40.0%"
+    assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["classes"] == list("abcdefghij")
+
+
+def test_bundled_models_say_so() -> None:
+    for run in bundled_runs():
+        assert run.is_bundled and run.path.parent == MODELS_DIR
+        assert run.label.startswith(f"Bundled model '{run.name}'")
+        assert run.test_confusion() is not None and run.classes == DEFAULT_CLASSES
+
+
+def test_one_run_table_serves_the_run_list_and_the_leaderboard(tmp_path: Path) -> None:
+    runs = [load_run(write_run(tmp_path / "a", subset=500)),
+            load_run(write_run(tmp_path / "b", finish={"val_acc": 0.9, "test_acc": 0.8}))]
+    table = run_table(runs)
+    assert table["run"].tolist() == ["a", "b"] and table["best_epoch"].tolist() == [1, 1]
+    assert table["images"].tolist()[0] == 500 and np.isnan(table["images"].tolist()[1])
+    board = leaderboard(runs)
+    assert board["run"].tolist() == ["b", "a"] and "created" not in board
