@@ -187,6 +187,7 @@ def test_model_page_loads_presets_and_reports_bad_combinations(cifar_env: Path) 
     assert len(at.session_state["config"][1].conv_filters) == 3  # the last valid one is kept
 
 
+@pytest.mark.slow
 def test_model_page_shows_first_layer_filters_of_a_run(cifar_env: Path, trained_runs_dir: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        no_bundled_models: None) -> None:
@@ -205,6 +206,7 @@ def test_predict_page_without_a_model_points_to_training(cifar_env: Path, no_bun
     assert not at.get("file_uploader")
 
 
+@pytest.mark.slow
 def test_predict_page_classifies_uploads_and_reports_bad_files(
         cifar_env: Path, trained_runs_dir: Path, monkeypatch: pytest.MonkeyPatch,
         no_bundled_models: None) -> None:
@@ -232,6 +234,7 @@ def test_predict_page_classifies_uploads_and_reports_bad_files(
     assert len(pictures(at)) == 4
 
 
+@pytest.mark.slow
 def test_predict_page_random_test_images(cifar_env: Path, trained_runs_dir: Path,
                                          monkeypatch: pytest.MonkeyPatch,
                                          no_bundled_models: None) -> None:

@@ -20,6 +20,9 @@ from cifar_core.pipeline import train_run
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 
+# Slow: each test trains a run through the app.
+pytestmark = pytest.mark.slow
+
 
 def open_page(page: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)

@@ -34,6 +34,9 @@ PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "py
     else sys.executable
 SMALL = ["--set", "conv_filters=8,16,16", "--set", "dense_units=32,16", "--set", "batch_size=32"]
 
+# Slow: every test shares subprocesses started by an autouse fixture.
+pytestmark = pytest.mark.slow
+
 
 def cli_env(data_dir: Path, runs_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "cifar10_dir")}

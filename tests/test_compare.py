@@ -47,6 +47,7 @@ def runs_root(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 # --- the confusion matrix of every epoch ----------------------------------------------------
 
+@pytest.mark.slow
 def test_every_epoch_keeps_its_validation_matrix_and_the_best_one_matches_the_weights(
         runs_root: Path, cifar_root: Path) -> None:
     run = load_run(runs_root / "a-baseline")
@@ -114,6 +115,7 @@ def test_leaderboard_sorts_by_validation_accuracy_with_unfinished_runs_last() ->
     assert math.isnan(board["val_acc"][2]) and board["train_seconds"][0] == 60.5
 
 
+@pytest.mark.slow
 def test_curves_frame_has_one_row_per_run_and_epoch(runs_root: Path) -> None:
     runs = [load_run(runs_root / "a-baseline"), load_run(runs_root / "b-bn")]
     curves = curves_frame(runs)
@@ -141,6 +143,7 @@ def evaluate_page(runs_root: Path, cifar_env: Path, monkeypatch: pytest.MonkeyPa
     return at
 
 
+@pytest.mark.slow
 def test_evaluate_page_epoch_slider_shows_each_epochs_matrix_and_its_change(
         evaluate_page: AppTest, runs_root: Path) -> None:
     at = evaluate_page
@@ -165,6 +168,7 @@ def test_evaluate_page_epoch_slider_shows_each_epochs_matrix_and_its_change(
     assert next(m.value for m in at.metric if m.label == label) == f"{np.trace(matrices[0]) / 100:.1%}"
 
 
+@pytest.mark.slow
 def test_evaluate_page_shows_the_images_of_a_chosen_cell(evaluate_page: AppTest) -> None:
     at = evaluate_page
     # The main matrix's cells can be clicked: an invisible marker per cell on top of the heatmap.
@@ -184,6 +188,7 @@ def test_evaluate_page_shows_the_images_of_a_chosen_cell(evaluate_page: AppTest)
     assert confidences == sorted(confidences, reverse=True), "most confident first"
 
 
+@pytest.mark.slow
 def test_evaluate_page_compares_runs(evaluate_page: AppTest) -> None:
     at = evaluate_page
     chosen = at.multiselect(key="evaluate.compare").value

@@ -63,6 +63,7 @@ def assert_complete_history(run_dir: Path) -> list[dict[str, str]]:
 
 # --- a real process, really killed -------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_leaves_a_readable_interrupted_run(cifar_root: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,6 +132,7 @@ def count_writes(data: CifarData, path: Path, monkeypatch: pytest.MonkeyPatch) -
     return len(calls)
 
 
+@pytest.mark.slow
 def test_a_crash_at_any_write_leaves_the_last_complete_state(data: CifarData, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     total = count_writes(data, tmp_path / "clean", monkeypatch)

@@ -81,6 +81,7 @@ def test_shipped_results_if_present_are_complete() -> None:
         assert record["verdict"] == experiment.verdict(summaries)
 
 
+@pytest.mark.slow
 def test_page_shows_shipped_results_and_reruns_an_experiment_live(
         cifar_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     experiment = EXPERIMENTS["channel_order"]

@@ -70,6 +70,7 @@ def red_square_image() -> np.ndarray:
 
 # --- Grad-CAM ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_gradcam_has_the_input_size_values_in_unit_range_and_depends_on_the_class(stripes_model) -> None:
     model, images, labels = stripes_model
     image = images[0]
@@ -98,6 +99,7 @@ def test_gradcam_lights_the_evidence_and_nothing_for_a_class_it_lowers() -> None
     assert not gradcam(model, image, 1).any(), "red only lowers class 1: an empty map"
 
 
+@pytest.mark.slow
 def test_gradcam_and_saliency_refuse_bad_input(stripes_model) -> None:
     model, images, _ = stripes_model
     with pytest.raises(ValueError, match="target_class"):
@@ -110,6 +112,7 @@ def test_gradcam_and_saliency_refuse_bad_input(stripes_model) -> None:
         saliency(model, images[0], -1)
 
 
+@pytest.mark.slow
 def test_explanations_leave_the_model_as_it_was(stripes_model) -> None:
     model, images, _ = stripes_model
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -143,6 +146,7 @@ def test_cells_of_valid_convolutions_sit_in_the_middle_of_the_image() -> None:
 
 # --- saliency and feature maps -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_saliency_has_the_input_size_and_points_at_the_evidence(stripes_model) -> None:
     model, images, _ = stripes_model
     for samples in (1, 8):
@@ -182,6 +186,7 @@ def test_feature_maps_match_the_layer_table(config: ModelConfig) -> None:
 
 # --- the Predict page ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_predict_page_shows_grad_cam_and_feature_maps_for_a_test_image(
         cifar_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cifar_core.pipeline import train_run

@@ -93,12 +93,14 @@ def trained(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa
     return load_run(path)
 
 
+@pytest.mark.slow
 def test_weights_and_history_are_the_run_files_byte_for_byte(trained) -> None:  # noqa: ANN001
     assert export.weights_bytes(trained) == (trained.path / WEIGHTS_FILE).read_bytes()
     assert export.history_bytes(trained) == (trained.path / HISTORY_FILE).read_bytes()
     assert export.file_name(trained, "confusion.png") == f"{trained.name}-confusion.png"
 
 
+@pytest.mark.slow
 def test_missing_files_are_an_export_error(trained, tmp_path: Path) -> None:  # noqa: ANN001
     run = random_run(tmp_path / "r", "baseline")
     with pytest.raises(ExportError, match="no history.csv yet"):
@@ -110,6 +112,7 @@ def test_missing_files_are_an_export_error(trained, tmp_path: Path) -> None:  # 
 
 # --- confusion matrix ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_confusion_comes_from_metrics_with_the_run_classes(trained) -> None:  # noqa: ANN001
     matrix = trained.test_confusion()
     assert matrix.tolist() == trained.metrics.confusion_matrix
@@ -224,6 +227,7 @@ def test_with_metadata_appends_entries_protobuf_reads() -> None:
         "a": "1", "long": "x" * 300, "uni": "chat é"}
 
 
+@pytest.mark.slow
 def test_dynamo_exporter_matches_too(tmp_path: Path) -> None:
     if not export.dynamo_available():
         pytest.skip("onnxscript not installed: torch.export-based ONNX exporter not checked")
@@ -277,6 +281,7 @@ def test_onnx_matches_pytorch_on_real_test_images(real_cifar_root: Path, tmp_pat
 
 # --- the Train page's downloads ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_train_page_offers_every_download(trained, cifar_env: Path, tmp_path: Path) -> None:  # noqa: ANN001
     runs = tmp_path / "runs"  # CIFAR_RUNS_DIR (cifar_env)
     shutil.copytree(trained.path, runs / trained.name)
@@ -298,6 +303,7 @@ def test_train_page_offers_every_download(trained, cifar_env: Path, tmp_path: Pa
     assert "ONNX model (.onnx)" in buttons
 
 
+@pytest.mark.slow
 def test_train_page_explains_a_missing_onnx_package(trained, cifar_env: Path, tmp_path: Path,  # noqa: ANN001
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copytree(trained.path, tmp_path / "runs" / trained.name)
