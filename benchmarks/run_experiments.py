@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cifar_core.data import load_cifar10, subset  # noqa: E402
-from cifar_core.experiments import (  # noqa: E402
+from cifar_core.data import load_cifar10, subset
+from cifar_core.experiments import (
     EXPERIMENTS,
     RESULTS_FILE,
     as_presented,
@@ -29,8 +29,8 @@ from cifar_core.experiments import (  # noqa: E402
     result_record,
     summarize,
 )
-from cifar_core.pipeline import train_run  # noqa: E402
-from cifar_core.runs import load_run  # noqa: E402
+from cifar_core.pipeline import train_run
+from cifar_core.runs import load_run
 
 
 def main() -> None:

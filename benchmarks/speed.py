@@ -29,17 +29,17 @@ from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cifar_core.augment import augment  # noqa: E402
-from cifar_core.config import get_preset  # noqa: E402
-from cifar_core.data import load_cifar10  # noqa: E402
-from cifar_core.devices import autocast, resolve_device, use_bf16  # noqa: E402
-from cifar_core.evaluation import evaluate  # noqa: E402
-from cifar_core.inference import predict_files  # noqa: E402
+from cifar_core.augment import augment
+from cifar_core.config import get_preset
+from cifar_core.data import load_cifar10
+from cifar_core.devices import autocast, resolve_device, use_bf16
+from cifar_core.evaluation import evaluate
+from cifar_core.inference import predict_files
 from cifar_core.model import (
-    build_model,  # noqa: E402
-    to_input,  # noqa: E402
+    build_model,
+    to_input,
 )
-from cifar_core.training import make_optimizer  # noqa: E402
+from cifar_core.training import make_optimizer
 
 
 def project_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, steps: int) -> float:

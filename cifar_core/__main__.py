@@ -11,9 +11,19 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from . import bundled
-from .config import PRESETS, ConfigError, apply_overrides, choices, get_preset, parse_overrides
+from .config import (
+    PRESETS,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    apply_overrides,
+    choices,
+    get_preset,
+    parse_overrides,
+)
 from .data import DataError, load_cifar10, subset
 from .evaluation import evaluate
 from .inference import ImageError, predict_files
@@ -72,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configs_from(args: argparse.Namespace):  # noqa: ANN201
+def configs_from(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     preset = get_preset(args.preset)
     overrides = parse_overrides(args.overrides)
     for key in ("epochs", "device", "seed"):
@@ -89,7 +99,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
 class EpochPrinter:
     """A progress bar per epoch on a terminal; one plain line per epoch otherwise."""
 
-    def __init__(self, epochs: int, stream=sys.stdout) -> None:  # noqa: ANN001
+    def __init__(self, epochs: int, stream: TextIO = sys.stdout) -> None:
         self.epochs, self.stream = epochs, stream
         self.tty = stream.isatty()
         self.last_draw = 0.0

@@ -98,7 +98,7 @@ def streamlit_server(data_dir: Path | str, runs_dir: Path, log: Path,
 class AppPage:
     """One browser tab on the app: one Streamlit session, moved between pages by the sidebar."""
 
-    def __init__(self, page, url: str, name: str = "") -> None:  # noqa: ANN001 (playwright Page)
+    def __init__(self, page, url: str, name: str = "") -> None:
         self.page, self.url, self.name = page, url, name
         page.set_default_timeout(TIMEOUT_MS)
         self.current: str | None = None
@@ -165,7 +165,7 @@ class AppPage:
         c = self.counter()
         return (c[0], c[2]) if c else None
 
-    def batch_counter(self):  # noqa: ANN201 (playwright Locator)
+    def batch_counter(self):
         """The live view's progress bar that counts epochs and batches."""
         return self.page.locator('[data-testid="stProgress"]', has_text=BATCH_COUNTER).first
 
@@ -174,7 +174,7 @@ class AppPage:
         return self.page.locator(f".st-key-{key.replace('.', '-')}").first.evaluate(
             "e => [e.textContent, ...Array.from(e.querySelectorAll('input'), i => i.value)].join(' ')")
 
-    def metric_value(self, label: str):  # noqa: ANN201 (playwright Locator)
+    def metric_value(self, label: str):
         box = self.page.locator('[data-testid="stMetric"]', has_text=label).first
         return box.locator('[data-testid="stMetricValue"]')
 
@@ -218,7 +218,7 @@ class AppPage:
             timeout=timeout * 1000)
         self.page.wait_for_timeout(300)
 
-    def scroll_to(self, locator) -> None:  # noqa: ANN001
+    def scroll_to(self, locator) -> None:
         locator.first.evaluate("e => e.scrollIntoView({block: 'start'})")
         self.page.wait_for_timeout(300)
 
@@ -246,7 +246,7 @@ class AppPage:
         return path
 
 
-def png_bytes(image) -> bytes:  # noqa: ANN001 (PIL image)
+def png_bytes(image) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG")
     return out.getvalue()

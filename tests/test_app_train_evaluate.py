@@ -38,7 +38,7 @@ def figures(at: AppTest) -> dict[str, dict]:
     return {chart.key: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}
 
 
-def wait_until(at: AppTest, done, timeout: float = 45.0) -> None:  # noqa: ANN001
+def wait_until(at: AppTest, done, timeout: float = 45.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         at.run()

@@ -190,7 +190,7 @@ def settings_line(app: AppPage) -> str:
     return app.page.locator("p", has_text=" parameters · ").first.inner_text()
 
 
-def finished_box(app: AppPage):  # noqa: ANN201
+def finished_box(app: AppPage):
     return app.page.locator('[data-testid="stAlertContentSuccess"]', has_text=re.compile("finished|stopped"))
 
 

@@ -48,7 +48,7 @@ def confusion(seed: int = 0) -> np.ndarray:
     return matrix
 
 
-def random_run(path: Path, preset: str, seed: int = 0, metrics: dict | None = None):  # noqa: ANN201
+def random_run(path: Path, preset: str, seed: int = 0, metrics: dict | None = None):
     """A run folder of ``preset`` with random weights and batch-norm statistics that matter."""
     p = get_preset(preset)
     torch.manual_seed(seed)
@@ -75,7 +75,7 @@ def as_onnx_input(images: np.ndarray) -> np.ndarray:
     return images.transpose(0, 3, 1, 2).astype(np.float32) / 255
 
 
-def session(data: bytes):  # noqa: ANN201
+def session(data: bytes):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed: ONNX parity not checked")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -85,7 +85,7 @@ def session(data: bytes):  # noqa: ANN201
 # --- the run's own files --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def trained(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def trained(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory):
     data = load_cifar10(cifar_root, download=False)
     path = tmp_path_factory.mktemp("runs") / "tiny"
     preset = get_preset("quick")
@@ -94,14 +94,14 @@ def trained(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa
 
 
 @pytest.mark.slow
-def test_weights_and_history_are_the_run_files_byte_for_byte(trained) -> None:  # noqa: ANN001
+def test_weights_and_history_are_the_run_files_byte_for_byte(trained) -> None:
     assert export.weights_bytes(trained) == (trained.path / WEIGHTS_FILE).read_bytes()
     assert export.history_bytes(trained) == (trained.path / HISTORY_FILE).read_bytes()
     assert export.file_name(trained, "confusion.png") == f"{trained.name}-confusion.png"
 
 
 @pytest.mark.slow
-def test_missing_files_are_an_export_error(trained, tmp_path: Path) -> None:  # noqa: ANN001
+def test_missing_files_are_an_export_error(trained, tmp_path: Path) -> None:
     run = random_run(tmp_path / "r", "baseline")
     with pytest.raises(ExportError, match="no history.csv yet"):
         export.history_bytes(run)
@@ -113,7 +113,7 @@ def test_missing_files_are_an_export_error(trained, tmp_path: Path) -> None:  # 
 # --- confusion matrix ----------------------------------------------------------------
 
 @pytest.mark.slow
-def test_confusion_comes_from_metrics_with_the_run_classes(trained) -> None:  # noqa: ANN001
+def test_confusion_comes_from_metrics_with_the_run_classes(trained) -> None:
     matrix = trained.test_confusion()
     assert matrix.tolist() == trained.metrics.confusion_matrix
     assert matrix.sum() == 100  # the fixture's test images, each counted once
@@ -282,7 +282,7 @@ def test_onnx_matches_pytorch_on_real_test_images(real_cifar_root: Path, tmp_pat
 # --- the Train page's downloads ----------------------------------------------------------
 
 @pytest.mark.slow
-def test_train_page_offers_every_download(trained, cifar_env: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_train_page_offers_every_download(trained, cifar_env: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"  # CIFAR_RUNS_DIR (cifar_env)
     shutil.copytree(trained.path, runs / trained.name)
     at = AppTest.from_file(APP, default_timeout=60)
@@ -304,7 +304,7 @@ def test_train_page_offers_every_download(trained, cifar_env: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_train_page_explains_a_missing_onnx_package(trained, cifar_env: Path, tmp_path: Path,  # noqa: ANN001
+def test_train_page_explains_a_missing_onnx_package(trained, cifar_env: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copytree(trained.path, tmp_path / "runs" / trained.name)
     hide_onnx(monkeypatch)

@@ -37,7 +37,7 @@ def train_cfg(**changes: object) -> TrainConfig:
     return replace(PRESET.train, **{"epochs": 2, **changes})
 
 
-def wait_for(registry: JobRegistry, job_id: str, ready, timeout: float = 30) -> JobSnapshot:  # noqa: ANN001
+def wait_for(registry: JobRegistry, job_id: str, ready, timeout: float = 30) -> JobSnapshot:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         snap = registry.snapshot(job_id)

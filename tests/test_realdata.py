@@ -29,11 +29,11 @@ TEST_ACCURACY_FLOOR = 0.28
 
 
 @pytest.fixture(scope="module")
-def real(real_cifar_root: Path):  # noqa: ANN201
+def real(real_cifar_root: Path):
     return load_cifar10(real_cifar_root, download=False)
 
 
-def test_real_split_sizes_and_class_balance(real) -> None:  # noqa: ANN001
+def test_real_split_sizes_and_class_balance(real) -> None:
     assert (len(real.y_train), len(real.y_val), len(real.y_test)) == (40_000, 10_000, 10_000)
     assert real.x_train.shape == (40_000, 32, 32, 3) and real.x_train.dtype == np.uint8
     everything = np.concatenate([real.y_train, real.y_val, real.y_test])
@@ -42,7 +42,7 @@ def test_real_split_sizes_and_class_balance(real) -> None:  # noqa: ANN001
     assert real.classes == DEFAULT_CLASSES
 
 
-def test_correct_channel_order_gives_smooth_photographs(real, real_cifar_root: Path) -> None:  # noqa: ANN001
+def test_correct_channel_order_gives_smooth_photographs(real, real_cifar_root: Path) -> None:
     # In a photograph neighbouring pixels are alike. The presentation's reshape makes each
     # "pixel" three neighbours from one colour plane, so its horizontal neighbours are three
     # pixels apart and at every 32nd step jump to another row or plane: twice as rough

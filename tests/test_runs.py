@@ -246,7 +246,7 @@ def test_new_run_dir_never_reuses_a_name(tmp_path: Path) -> None:
     (lambda p: (p / "metrics.json").write_text("{"), "unreadable"),
     (lambda p: (p / "history.csv").write_text("epoch,train_loss\n1,abc\n"), "unreadable"),
 ])
-def test_damaged_run_folders_raise_run_error(run_dir: Path, tmp_path: Path, damage, message: str) -> None:  # noqa: ANN001
+def test_damaged_run_folders_raise_run_error(run_dir: Path, tmp_path: Path, damage, message: str) -> None:
     path = copy_run(run_dir, tmp_path / "r")
     damage(path)
     with pytest.raises(RunError, match=message):
@@ -259,7 +259,7 @@ class WritesMarker:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
 
 
