@@ -22,7 +22,7 @@ from cifar_core.deployment import current_profile
 from cifar_core.formatting import MISSING, format_count, format_images, format_percent, format_seconds
 from cifar_core.jobs import JobLimitError, JobSnapshot, get_registry
 from cifar_core.model import build_model, count_parameters
-from cifar_core.runs import HISTORY_FILE, WEIGHTS_FILE, Run, list_runs, load_run
+from cifar_core.runs import HISTORY_FILE, WEIGHTS_FILE, Run, RunMetrics, list_runs, load_run
 
 SAVED_SETTINGS = "train.saved_settings"  # {widget key: (its default then, value)}
 REFRESH_SECONDS = 1.0
@@ -218,13 +218,13 @@ def draw_stop_button(snap: JobSnapshot, label: str) -> None:
 
 
 def draw_result(snap: JobSnapshot, what: str) -> None:
-    m = snap.metrics
-    if snap.status == "failed" or m is None:
+    if snap.status == "failed":
         st.error(f"{what} failed: {snap.error}", icon=":material/error:")
         return
     if snap.status == "stopped" and not snap.history:
         st.warning(f"{what} was stopped before any epoch finished.", icon=":material/stop_circle:")
         return
+    m = snap.metrics or RunMetrics()  # a job ended before training began has no figures
     how = "finished" if snap.status == "finished" else "was stopped"
     early = " (early stopping ended it)" if m.stopped_early else ""
     epochs = f"{len(snap.history)} epoch{'s' if len(snap.history) != 1 else ''}"
