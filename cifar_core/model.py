@@ -2,6 +2,7 @@
 
 The network is a stack of conv blocks, then a classifier head:
 
+    stem:     (2x2 whitening conv -> activation)
     block i:  convs_per_block x [Conv kxk -> (BatchNorm) -> activation] -> pool 2x2 -> (Dropout)
     head:     Flatten (or global max/avg pool) -> Dense units with activation and dropout -> Dense 10
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import IMAGE_SIDE, STEM_CHANNELS, STEM_KERNEL, ModelConfig
 from .devices import autocast
 
 # Per-channel mean and std of the CIFAR-10 training images, in [0, 1] units.
@@ -52,6 +53,10 @@ class CifarCNN(nn.Module):
         pool = nn.MaxPool2d if c.pooling == "max" else nn.AvgPool2d
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         channels, n_conv = 3, 0
+        if c.stem == "whiten":
+            layers["stem"] = nn.Conv2d(3, STEM_CHANNELS, STEM_KERNEL)
+            layers[f"{c.activation}0"] = act()
+            channels = STEM_CHANNELS
         for block, (filters, sides) in enumerate(zip(c.conv_filters, c.conv_output_sides()), start=1):
             for i in range(c.convs_per_block):
                 n_conv += 1
@@ -63,6 +68,7 @@ class CifarCNN(nn.Module):
                     layers[f"pool{block}"] = pool(2)
                 if c.batch_norm:
                     layers[f"bn{n_conv}"] = nn.BatchNorm2d(filters)
+                    layers[f"bn{n_conv}"].weight.requires_grad_(c.bn_scale)
                 layers[f"{c.activation}{n_conv}"] = act()
             if not c.pool_first and sides[-2] >= 2:
                 layers[f"pool{block}"] = pool(2)
@@ -87,6 +93,11 @@ class CifarCNN(nn.Module):
         self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1), persistent=False)
         if c.init == "keras":
             self.apply(_keras_init)
+        elif c.init == "dirac":
+            for _, conv in self.conv_layers():
+                nn.init.dirac_(conv.weight.data[:conv.in_channels])
+        if c.stem == "whiten":
+            self.layers.stem.weight.requires_grad_(False)  # set from the data by init_whitening
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         """What the first layer receives for images in [0, 1]: standardised when configured."""
@@ -96,10 +107,32 @@ class CifarCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for images (N, 3, 32, 32) in [0, 1]."""
-        return self.layers(self.standardize(x))
+        logits = self.layers(self.standardize(x))
+        return logits * self.config.logit_scale if self.config.logit_scale != 1 else logits
 
     def conv_layers(self) -> list[tuple[str, nn.Conv2d]]:
-        return [(n, m) for n, m in self.layers.named_children() if isinstance(m, nn.Conv2d)]
+        """The learned convolutions (not the whitening stem), input to output."""
+        return [(n, m) for n, m in self.layers.named_children()
+                if isinstance(m, nn.Conv2d) and n != "stem"]
+
+    @torch.no_grad()
+    def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the stem to whiten 2x2 patches of ``images`` (float (N, 3, 32, 32) in [0, 1]).
+
+        The 12 filters are the eigenvectors of the patches' covariance, each scaled by
+        1/sqrt(its eigenvalue), so the stem's outputs are uncorrelated with unit variance;
+        12 more are their negatives, so a ReLU or GELU after it loses no information.
+        """
+        x = self.standardize(images.float())
+        k = STEM_KERNEL
+        patches = x.unfold(2, k, 1).unfold(3, k, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * k * k)
+        eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(patches.T.double()))
+        order = eigenvalues.argsort(descending=True)
+        filters = (eigenvectors[:, order].T / (eigenvalues[order] + eps).sqrt()[:, None]).float()
+        filters = filters.reshape(-1, 3, k, k)
+        stem = self.layers.stem
+        stem.weight.copy_(torch.cat([filters, -filters]).to(stem.weight))
+        stem.bias.zero_()
 
 
 class Dropout(nn.Dropout):
@@ -207,7 +240,7 @@ def layer_table(model: CifarCNN) -> list[LayerRow]:
         kind = type(module).__name__
         # The activation follows batch norm where there is one, else the conv or dense layer.
         activated = nn.BatchNorm2d if model.config.batch_norm else nn.Conv2d
-        if isinstance(module, (activated, nn.Linear)) and name != "logits":
+        if isinstance(module, (activated, nn.Linear)) and name != "logits" or name == "stem":
             kind += f" + {model.config.activation}"
         if name == "logits":
             kind += " + softmax"
@@ -234,6 +267,10 @@ def summary(model: CifarCNN) -> str:
 def training_flops(config: ModelConfig) -> float:
     """Approximate FLOPs to train on one image (forward multiply-adds x 2, x 3 for backward)."""
     macs, channels = 0, 3
+    if config.stem == "whiten":
+        side = IMAGE_SIDE - STEM_KERNEL + 1
+        macs += side * side * STEM_KERNEL ** 2 * 3 * STEM_CHANNELS
+        channels = STEM_CHANNELS
     for filters, sides in zip(config.conv_filters, config.conv_output_sides()):
         for side in sides[:-1]:
             macs += side * side * config.kernel_size ** 2 * channels * filters
