@@ -1,18 +1,22 @@
 """Speed figures of the project on the real data, printed as a table.
 
-    python benchmarks/speed.py --data-dir /tmp/cifar10 [--preset baseline] [--steps 150]
+    python benchmarks/speed.py --data-dir /tmp/cifar10 [--preset baseline] [--steps 150] [--profile]
 
 Measures, in one process: reading all batches and splitting; training throughput of
 the project's step (whole dataset as uint8 tensors, batched augmentation, channels_last,
 bf16 where native) against a naive PyTorch loop (a DataLoader over per-image
 torchvision transforms, NCHW float32) on the same model and optimizer, alternating
 so that load on a shared machine hits both alike; evaluating the 10,000 test images;
-one uploaded PNG from bytes to top-k (p50/p95 of 200 warm calls); peak memory.
+one uploaded PNG from bytes to top-k (p50/p95 of 200 warm calls); peak memory. The
+step's sustained arithmetic (images/s x the model's training FLOPs per image) is printed
+next to what a large fp32 and bf16 matrix product reach in the same process, the
+processor's practical peak. ``--profile`` adds torch.profiler's table of the step.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import resource
 import statistics
@@ -35,14 +39,22 @@ from cifar_core.data import load_cifar10
 from cifar_core.devices import autocast, resolve_device, use_bf16
 from cifar_core.evaluation import evaluate
 from cifar_core.inference import predict_files
-from cifar_core.model import (
-    build_model,
-    to_input,
-)
+from cifar_core.model import build_model, to_input, training_flops
 from cifar_core.training import make_optimizer
 
 
-def project_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, steps: int) -> float:
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 8) -> float:
+    """Sustained GFLOP/s of an n x n matrix product: the processor's practical peak."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def project_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, steps: int,
+                  profile: bool = False) -> float:
     """Images per second of the project's training step."""
     preset = get_preset(preset_name)
     cfg, device = preset.train, resolve_device("cpu")
@@ -52,9 +64,8 @@ def project_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, st
     x_all, y_all = torch.from_numpy(x_train), torch.from_numpy(y_train)
     gen = torch.Generator().manual_seed(0)
     bs = cfg.batch_size
-    for step in range(steps + 5):
-        if step == 5:
-            start = time.perf_counter()
+
+    def step() -> None:
         idx = torch.randint(0, len(y_all), (bs,), generator=gen)
         x = augment(to_input(x_all[idx]), cfg.augmentation, gen).contiguous(memory_format=torch.channels_last)
         with autocast(device, bf16):
@@ -63,7 +74,18 @@ def project_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, st
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return steps * bs / (time.perf_counter() - start)
+
+    for _ in range(5):
+        step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile \
+            else contextlib.nullcontext() as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        seconds = time.perf_counter() - start
+    if profile:
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    return steps * bs / seconds
 
 
 def naive_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, steps: int) -> float:
@@ -116,6 +138,7 @@ def main() -> None:
     parser.add_argument("--preset", default="baseline")
     parser.add_argument("--steps", type=int, default=150, help="training steps per timing")
     parser.add_argument("--rounds", type=int, default=2, help="alternations project/naive")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's table of the step")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -123,9 +146,13 @@ def main() -> None:
     data = load_cifar10(args.data_dir, download=False)
     load_s = time.perf_counter() - start
 
+    peaks = {torch.float32: [], torch.bfloat16: []}
     project, naive = [], []
-    for _ in range(args.rounds):
-        project.append(project_steps(args.preset, data.x_train, data.y_train, args.steps))
+    for round_ in range(args.rounds):
+        for dtype, figures in peaks.items():
+            figures.append(matmul_gflops(dtype))
+        project.append(project_steps(args.preset, data.x_train, data.y_train, args.steps,
+                                     args.profile and round_ == 0))
         naive.append(naive_steps(args.preset, data.x_train, data.y_train, max(20, args.steps // 3)))
 
     preset = get_preset(args.preset)
@@ -137,9 +164,14 @@ def main() -> None:
     latency = sorted(predict_latency(model, data.classes, data.x_test[0]))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+    step_gflops = statistics.median(project) * training_flops(preset.model) / 1e9
+    fp32_peak, bf16_peak = (statistics.median(figures) for figures in peaks.values())
     rows = [
         ("read all batches + split", f"{load_s:.2f} s"),
         (f"train step, project ({args.preset})", f"{statistics.median(project):,.0f} images/s"),
+        ("  its sustained arithmetic", f"{step_gflops:,.0f} GFLOP/s"),
+        ("  matrix product peak fp32 / bf16", f"{fp32_peak:,.0f} / {bf16_peak:,.0f} GFLOP/s"),
+        ("  share of the better peak", f"{step_gflops / max(fp32_peak, bf16_peak):.0%}"),
         ("train step, naive DataLoader loop", f"{statistics.median(naive):,.0f} images/s"),
         ("speed-up", f"{statistics.median(project) / statistics.median(naive):.1f}x"),
         ("seconds per 40,000-image epoch (project)", f"{40000 / statistics.median(project):.1f} s"),

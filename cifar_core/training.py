@@ -128,8 +128,9 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                   total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     if cfg.lr_schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total_steps, pct_start=0.25,
-            anneal_strategy="linear", cycle_momentum=False, div_factor=10, final_div_factor=100)
+            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=total_steps, pct_start=0.25, anneal_strategy="linear",
+            cycle_momentum=False, div_factor=10, final_div_factor=100)
     if cfg.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
