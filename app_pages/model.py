@@ -38,6 +38,11 @@ BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 HELP = {
     "preset": "A named starting point. Every setting below starts from it and can then be changed; "
               "'Reset' brings the preset's values back.",
+    "stem": "whiten: before the blocks, a fixed 2x2 convolution computed from the training "
+            "images themselves, whose outputs are the image patches with their correlations "
+            "removed (neighbouring pixels and colours are strongly alike). The blocks then start "
+            "from decorrelated inputs and learn faster; the fastest CIFAR-10 trainers use it. "
+            "It shrinks the image by one pixel (32 to 31). none: the blocks see the image directly.",
     "blocks": "How many convolution blocks are stacked. Each block ends by halving the width and "
               "height of its feature maps, so later blocks look at larger parts of the picture and "
               "can combine simple patterns (edges, patches of colour) into complex ones (wheels, "
@@ -60,6 +65,13 @@ HELP = {
                   "of 1, then given a learned scale and shift. Each layer then receives inputs on "
                   "a steady scale, which makes training faster and less fussy about the learning "
                   "rate. When predicting it uses averages collected during training.",
+    "bn_scale": "Batch norm only. Off: each filter's output keeps the spread of 1 that batch norm "
+                "gives it and only its shift is learned. With the next layer's weights free to "
+                "scale it anyway, the learned scale adds little, and fixing it lets a high "
+                "learning rate stay stable.",
+    "logit_scale": "The 10 output scores are multiplied by this before softmax. A small value "
+                   "(1/9 in the fast presets) keeps the first steps of a high learning rate "
+                   "from making the network certain of anything too early.",
     "activation": "The function applied to every convolution and dense output. Without one, any "
                   "stack of layers would collapse into a single linear step. relu keeps positive "
                   "values and turns negatives into 0: cheap, and its slope does not fade for "
@@ -84,7 +96,9 @@ HELP = {
                      "step. 0 means no dropout layer.",
     "init": "How the weights are set before training starts. keras: Glorot-uniform weights and zero "
             "biases, as in the presentation's Keras code. torch: PyTorch's own default. Both "
-            "choose random values scaled so signals neither blow up nor fade away layer by layer.",
+            "choose random values scaled so signals neither blow up nor fade away layer by layer. "
+            "dirac: PyTorch's default, but each convolution starts by passing its input channels "
+            "straight through, so a deep stack begins as a short one and grows from there.",
     "standardize_input": "Before the first layer, subtract each colour channel's average and divide "
                          "by its spread (see Pixel statistics on the Dataset page), so every input "
                          "is centred on 0. Without it pixels are only scaled to 0..1, as in the "
@@ -100,6 +114,15 @@ HELP = {
     "momentum": "sgd only. Each step keeps this fraction of the previous one, like a ball rolling "
                 "downhill: noisy gradients are smoothed and steady directions speed up. Nesterov "
                 "momentum is used.",
+    "bias_lr_scale": "Batch norm's learned shifts (and the whitening stem's bias) take steps this "
+                     "many times larger than the other weights, with weight decay this many times "
+                     "smaller. They are few and start at zero; with the small rate the weights "
+                     "need they would barely move. 1: one rate for all.",
+    "weight_averaging": "Every 5 steps, move a running average of the weights towards the "
+                        "current weights and then put the weights back at the average. Early "
+                        "on the average follows closely; towards the end it moves slowly and "
+                        "smooths out the noise of the last steps, which gives a better final "
+                        "network at no cost (lookahead, as in airbench).",
     "weight_decay": "Pulls every weight a little towards zero at every step. Smaller weights give a "
                     "smoother, simpler function, which helps against overfitting. 0 turns it off; "
                     "0.0005 is common with sgd.",
@@ -198,6 +221,10 @@ def draw_network_settings() -> None:
     left.selectbox("Activation", choices("activation"), key=K + "activation",
                    help=HELP["activation"])
     right.toggle("Batch normalisation", key=K + "batch_norm", help=HELP["batch_norm"])
+    left, right = st.columns([2, 3])
+    left.radio("Stem", choices("stem"), horizontal=True, key=K + "stem", help=HELP["stem"])
+    right.toggle("Learn batch norm's scale", key=K + "bn_scale", help=HELP["bn_scale"],
+                 disabled=not st.session_state[K + "batch_norm"])
 
     st.markdown("##### Classifier head")
     st.radio("From feature maps to a vector", choices("head"),
@@ -222,6 +249,8 @@ def draw_network_settings() -> None:
     left, right = st.columns([5, 4])  # the toggle's label and both radio options fit at 1280 pixels
     left.toggle("Standardize input", key=K + "standardize_input", help=HELP["standardize_input"])
     right.radio("Initialisation", choices("init"), horizontal=True, key=K + "init", help=HELP["init"])
+    st.number_input("Logit scale", 0.01, 10.0, step=0.01, format="%.3f", key=K + "logit_scale",
+                    help=HELP["logit_scale"])
 
 
 def device_label(name: str) -> str:
@@ -251,6 +280,8 @@ def draw_training_settings() -> None:
                       help=HELP["weight_decay"])
     right.radio("Learning-rate schedule", choices("lr_schedule"), horizontal=True,
                 key=K + "lr_schedule", help=HELP["lr_schedule"])
+    st.number_input("Batch-norm shift learning-rate factor", 1.0, 1000.0, step=1.0, format="%g",
+                    key=K + "bias_lr_scale", help=HELP["bias_lr_scale"])
 
     st.markdown("##### Batches and epochs")
     left, right = st.columns(2)
@@ -278,6 +309,8 @@ def draw_training_settings() -> None:
     st.markdown("##### Prediction, hardware and reproducibility")
     left, right = st.columns(2)
     left.toggle("Test-time flip", key=K + "tta_flip", help=HELP["tta_flip"])
+    right.toggle("Weight averaging", key=K + "weight_averaging", help=HELP["weight_averaging"])
+    left, right = st.columns(2)
     right.radio("Precision", choices("precision"), horizontal=True, key=K + "precision",
                 help=HELP["precision"])
     left, right = st.columns(2)

@@ -94,8 +94,9 @@ class CifarCNN(nn.Module):
         if c.init == "keras":
             self.apply(_keras_init)
         elif c.init == "dirac":
-            for _, conv in self.conv_layers():
-                nn.init.dirac_(conv.weight.data[:conv.in_channels])
+            for name, conv in self.conv_layers():
+                if name != "stem":
+                    nn.init.dirac_(conv.weight.data[:conv.in_channels])
         if c.stem == "whiten":
             self.layers.stem.weight.requires_grad_(False)  # set from the data by init_whitening
 
@@ -111,9 +112,7 @@ class CifarCNN(nn.Module):
         return logits * self.config.logit_scale if self.config.logit_scale != 1 else logits
 
     def conv_layers(self) -> list[tuple[str, nn.Conv2d]]:
-        """The learned convolutions (not the whitening stem), input to output."""
-        return [(n, m) for n, m in self.layers.named_children()
-                if isinstance(m, nn.Conv2d) and n != "stem"]
+        return [(n, m) for n, m in self.layers.named_children() if isinstance(m, nn.Conv2d)]
 
     @torch.no_grad()
     def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:

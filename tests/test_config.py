@@ -26,7 +26,7 @@ from cifar_core.model import ACTIVATIONS
 def test_every_enumerated_setting_has_its_options_from_its_type() -> None:
     assert choices("padding") == ("valid", "same")
     assert choices("device") == ("auto", "cpu", "cuda", "mps")
-    assert set(CHOICES) == {"padding", "activation", "pooling", "head", "init", "optimizer",
+    assert set(CHOICES) == {"stem", "padding", "activation", "pooling", "head", "init", "optimizer",
                             "lr_schedule", "augmentation", "monitor", "precision", "device"}
     for name in CHOICES:
         hint = {f.name: f.type for f in dataclasses.fields(ModelConfig) + dataclasses.fields(TrainConfig)}
@@ -58,8 +58,12 @@ def test_configs_are_frozen_so_presets_can_be_shared() -> None:
 def test_spatial_sizes_are_the_presentations() -> None:
     assert ModelConfig().conv_output_sides() == [[30, 15], [13, 6], [4, 2]]
     assert ModelConfig().feature_size() == 512
+    pool_first = ModelConfig(conv_filters=(48, 96, 192), convs_per_block=2, padding="same",
+                             pool_first=True, head="global_max", dense_units=())
+    assert pool_first.spatial_sizes() == [16, 8, 4] and pool_first.feature_size() == 192
+    # The whitening stem's 2x2 'valid' convolution takes one pixel off first.
     fast = PRESETS["fast"].model
-    assert fast.spatial_sizes() == [16, 8, 4] and fast.feature_size() == 192
+    assert fast.spatial_sizes() == [15, 7, 3] and fast.feature_size() == 256
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

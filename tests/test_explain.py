@@ -133,8 +133,12 @@ def test_cells_of_valid_convolutions_sit_in_the_middle_of_the_image() -> None:
     # conv3's 4x4 cells look at 18x18 patches centred on pixels 8.5 ... 20.5, not 3.5 ... 27.5.
     assert cell_centres(baseline, "relu3", 4).tolist() == [8.5, 12.5, 16.5, 20.5]
     assert cell_centres(baseline, "relu1", 30)[:2].tolist() == [1.0, 2.0]
-    fast = build_model(get_preset("fast").model)  # 'same' padding: where a resize puts them
-    assert cell_centres(fast, "relu6", 4).tolist() == [3.5, 11.5, 19.5, 27.5]
+    same = build_model(ModelConfig(conv_filters=(48, 96, 192), convs_per_block=2, padding="same",
+                                   pool_first=True, head="global_max", dense_units=()))
+    assert cell_centres(same, "relu6", 4).tolist() == [3.5, 11.5, 19.5, 27.5]  # where a resize puts them
+    # The whitening stem (2x2, valid) shifts every centre by half a pixel.
+    fast = build_model(get_preset("fast").model)
+    assert cell_centres(fast, "gelu6", 3).tolist() == [4.0, 12.0, 20.0]
     # One hot cell lands on its centre, and fades to nothing a step beyond the outermost ones.
     cam = np.zeros((4, 4))
     cam[0, 3] = 1
@@ -162,7 +166,7 @@ def test_saliency_has_the_input_size_and_points_at_the_evidence(stripes_model) -
     ModelConfig(), ModelConfig(batch_norm=True),
     ModelConfig(padding="same", convs_per_block=2, activation="gelu"),
     get_preset("fast").model,
-], ids=["baseline", "batch-norm", "same-gelu", "fast-pool-first"])
+], ids=["baseline", "batch-norm", "same-gelu", "fast-whiten-stem"])
 def test_feature_maps_match_the_layer_table(config: ModelConfig) -> None:
     model = build_model(config).eval()
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)

@@ -1,0 +1,136 @@
+"""The airbench ingredients of the quick, fast and best presets, each against a reference."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cifar_core.config import PRESETS, ConfigError, ModelConfig, TrainConfig
+from cifar_core.model import build_model, count_parameters, summary, to_input, training_flops
+from cifar_core.training import WeightAverage, make_optimizer, make_schedule, parameter_groups
+
+AIRBENCH = PRESETS["quick"].model
+
+
+def test_whitening_stem_decorrelates_patches_like_numpy_pca() -> None:
+    rng = np.random.default_rng(0)
+    # Correlated pixels: a smooth random field per image, so neighbours and colours are alike.
+    base = rng.normal(size=(400, 1, 17, 17)).repeat(2, axis=2).repeat(2, axis=3)[:, :, :32, :32]
+    images = (base + 0.3 * rng.normal(size=(400, 3, 32, 32))) * 40 + 128
+    images = torch.from_numpy(np.clip(images, 0, 255).astype(np.uint8)).permute(0, 2, 3, 1)
+    model = build_model(AIRBENCH)
+    x = to_input(images)
+    model.init_whitening(x, eps=0.0)
+
+    with torch.no_grad():
+        out = model.layers.stem(model.standardize(x))  # (N, 24, 31, 31)
+    whitened = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12).double()
+    # Reference: the covariance of the whitened patches is the identity (numpy's estimate).
+    np.testing.assert_allclose(np.cov(whitened.numpy().T), np.eye(12), atol=1e-3)
+    # The other 12 filters are the negatives of the first.
+    torch.testing.assert_close(out[:, 12:], -out[:, :12])
+    assert not model.layers.stem.weight.requires_grad and model.layers.stem.bias.requires_grad
+
+
+def forward_macs(model: nn.Module) -> int:
+    """Multiply-adds of one image's forward pass, counted by hooks on the real layers."""
+    macs = []
+    hooks = [m.register_forward_hook(lambda m, i, out: macs.append(
+        out[0].numel() * (m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+                          if isinstance(m, nn.Conv2d) else m.in_features)))
+        for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.rand(1, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    return sum(macs)
+
+
+@pytest.mark.parametrize("name", ["baseline", "quick", "fast", "best"])
+def test_training_flops_match_the_layers_that_run(name: str) -> None:
+    config = PRESETS[name].model
+    assert training_flops(config) == 6 * forward_macs(build_model(config))
+
+
+def test_stem_shrinks_the_image_by_one_pixel_and_shows_in_the_summary() -> None:
+    with_stem, without = AIRBENCH, dataclasses.replace(AIRBENCH, stem="none")
+    assert with_stem.conv_output_sides()[0][0] == 31 and without.conv_output_sides()[0][0] == 32
+    assert with_stem.spatial_sizes() == [15, 7, 3]
+    assert "stem (Conv2d + gelu)" in summary(build_model(with_stem))
+
+
+def test_dirac_init_starts_each_convolution_as_the_identity_on_its_inputs() -> None:
+    model = build_model(dataclasses.replace(AIRBENCH, stem="none"))
+    _, conv = model.conv_layers()[1]  # conv2: 32 -> 32 channels, 'same' padding
+    x = torch.randn(2, conv.in_channels, 8, 8)
+    torch.testing.assert_close(conv(x)[:, :conv.in_channels], x)
+
+
+def test_fixed_batch_norm_scale_and_logit_scale() -> None:
+    fixed, learned = build_model(AIRBENCH), build_model(dataclasses.replace(AIRBENCH, bn_scale=True))
+    bn = [m for m in fixed.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bn and all(not m.weight.requires_grad and m.bias.requires_grad for m in bn)
+    assert all(m.weight.requires_grad for m in learned.modules() if isinstance(m, nn.BatchNorm2d))
+    assert count_parameters(fixed) == count_parameters(learned)
+
+    unscaled = build_model(dataclasses.replace(AIRBENCH, logit_scale=1.0))
+    unscaled.load_state_dict(fixed.state_dict())
+    x = torch.rand(3, 3, 32, 32)
+    fixed.eval(), unscaled.eval()
+    torch.testing.assert_close(fixed(x), unscaled(x) * AIRBENCH.logit_scale)
+    with pytest.raises(ConfigError, match="logit_scale"):
+        ModelConfig(logit_scale=0)
+
+
+def test_batch_norm_shifts_learn_faster_with_less_weight_decay() -> None:
+    model = build_model(AIRBENCH)
+    cfg = TrainConfig(optimizer="sgd", lr=0.4, weight_decay=1e-4, bias_lr_scale=64)
+    weights, shifts = parameter_groups(model, cfg)
+    bn_shifts = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert {id(p) for p in shifts["params"]} == bn_shifts | {id(model.layers.stem.bias)}
+    assert shifts["lr"] == pytest.approx(0.4 * 64) and shifts["weight_decay"] == pytest.approx(1e-4 / 64)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(weights["params"]) + len(shifts["params"]) == len(trainable)
+    # The one-cycle schedule keeps the ratio between the groups at every step.
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
+    schedule = make_schedule(optimizer, dataclasses.replace(cfg, lr_schedule="onecycle"), 100)
+    for _ in range(30):
+        optimizer.step()
+        schedule.step()
+        low, high = (g["lr"] for g in optimizer.param_groups)
+        assert high == pytest.approx(64 * low)
+    assert len(parameter_groups(model, dataclasses.replace(cfg, bias_lr_scale=1))) == 1
+
+
+def test_weight_average_follows_the_lookahead_rule() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 2)
+    average = WeightAverage(layer, total_steps=20, every=5, final_decay=0.9)
+    reference = [p.detach().clone() for p in layer.parameters()]
+    for step in range(1, 21):
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.add_(torch.randn_like(p))
+        expected = None
+        if step % 5 == 0:
+            decay = 0.9 ** 5 * (step / 20) ** 3
+            reference = [r * decay + p.detach() * (1 - decay) for r, p in zip(reference, layer.parameters())]
+            expected = reference
+        average.step(step)
+        if expected is not None:  # the weights jump back to the average
+            for p, r in zip(layer.parameters(), expected):
+                torch.testing.assert_close(p.detach(), r)
+
+
+def test_presets_quick_fast_best_grow_in_cost() -> None:
+    costs = [training_flops(PRESETS[name].model) * PRESETS[name].train.epochs
+             for name in ("quick", "fast", "best")]
+    assert costs == sorted(costs)
+    for name in ("quick", "fast", "best"):
+        preset = PRESETS[name]
+        assert preset.model.stem == "whiten" and preset.train.weight_averaging
+        build_model(preset.model)
