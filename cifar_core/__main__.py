@@ -28,11 +28,12 @@ from .data import DataError, load_cifar10, subset
 from .evaluation import evaluate
 from .inference import ImageError, predict_files
 from .model import build_model, summary
-from .pipeline import train_run
-from .runs import RunError, load_run, new_run_dir
+from .pipeline import resume_run, train_run
+from .runs import RunError, RunMetrics, load_run, new_run_dir
 from .training import BatchEvent, EpochEvent, Event
 
 USER_ERRORS = (DataError, ConfigError, RunError, ImageError)
+DEFAULT_PRESET = "baseline"
 
 
 class UsageError(Exception):
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def config_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--preset", default="baseline", choices=list(PRESETS))
+        p.add_argument("--preset", choices=list(PRESETS), help=f"default: {DEFAULT_PRESET}")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="change one setting, e.g. --set batch_norm=true --set lr=3e-4")
 
@@ -63,11 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", type=int, help="train on this many images (quick checks)")
     p.add_argument("--device", choices=choices("device"))
     p.add_argument("--seed", type=int)
-    p.add_argument("--channel-order", choices=["correct", "as_presented"], default="correct",
-                   help="as_presented repeats the presentation's reshape mistake")
+    p.add_argument("--channel-order", choices=["correct", "as_presented"],
+                   help="as_presented repeats the presentation's reshape mistake (default: correct)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<time>-<preset>)")
     p.add_argument("--dry-run", action="store_true",
                    help="one epoch on 512 images: checks the whole path in seconds")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue a stopped or interrupted run from its last complete epoch, "
+                        "with its own settings (only --data-dir may be given with it)")
 
     p = commands.add_parser("evaluate", help="accuracy and confusion matrix of a run")
     p.add_argument("run_dir", type=Path)
@@ -83,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configs_from(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
-    preset = get_preset(args.preset)
+    preset = get_preset(args.preset or DEFAULT_PRESET)
     overrides = parse_overrides(args.overrides)
     for key in ("epochs", "device", "seed"):
         if getattr(args, key, None) is not None:
@@ -125,6 +129,9 @@ class EpochPrinter:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.resume is not None:
+        cmd_resume(args)
+        return
     model_cfg, train_cfg = configs_from(args)
     n_subset = 512 if args.dry_run else args.subset
     if n_subset is not None and n_subset < 1:
@@ -132,14 +139,46 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.dry_run:
         train_cfg = apply_overrides(model_cfg, train_cfg, {"epochs": 1})[1]
     started = time.perf_counter()
-    data = load_cifar10(args.data_dir, channel_order=args.channel_order)
+    channel_order = args.channel_order or "correct"
+    data = load_cifar10(args.data_dir, channel_order=channel_order)
     if n_subset:
         data = subset(data, n_subset, seed=train_cfg.seed)
     print(f"data: {len(data.y_train):,} train / {len(data.y_val):,} val / {len(data.y_test):,} test "
           f"from {data.source} ({time.perf_counter() - started:.1f}s)")
-    out = args.out or new_run_dir(label=args.preset)
+    preset = args.preset or DEFAULT_PRESET
+    out = args.out or new_run_dir(label=preset)
     metrics = train_run(model_cfg, train_cfg, data, out, EpochPrinter(train_cfg.epochs),
-                        preset=args.preset, subset=n_subset)
+                        preset=preset, subset=n_subset, channel_order=channel_order)
+    print_outcome(out, metrics)
+
+
+# Options of a new run: with --resume the run's own settings apply.
+NEW_RUN_OPTIONS = ("preset", "epochs", "subset", "device", "seed", "channel_order", "out")
+
+
+def cmd_resume(args: argparse.Namespace) -> None:
+    given = [f"--{name.replace('_', '-')}" for name in NEW_RUN_OPTIONS if getattr(args, name) is not None]
+    given += ["--set"] * bool(args.overrides) + ["--dry-run"] * args.dry_run
+    if given:
+        raise UsageError(f"--resume goes on with the run's own settings; leave out {', '.join(given)}")
+    run = load_run(args.resume)
+    blocker = run.resume_blocker()
+    if blocker:
+        raise RunError(blocker)
+    started = time.perf_counter()
+    data = load_cifar10(args.data_dir, channel_order=run.channel_order)
+    if run.subset:
+        data = subset(data, run.subset, seed=run.train_config.seed)
+    epochs = run.train_config.epochs
+    print(f"data: {len(data.y_train):,} train / {len(data.y_val):,} val / {len(data.y_test):,} test "
+          f"from {data.source} ({time.perf_counter() - started:.1f}s)")
+    print(f"resuming {run.path} ({run.preset}, {run.status}; {len(run.history)} of {epochs} epochs "
+          "recorded) from its last complete epoch")
+    metrics = resume_run(run.path, data, EpochPrinter(epochs))
+    print_outcome(run.path, metrics)
+
+
+def print_outcome(out: Path, metrics: RunMetrics) -> None:
     if metrics.test_acc is None:
         print(f"run {out}: {metrics.status} before any epoch finished")
         return

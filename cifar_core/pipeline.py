@@ -1,11 +1,13 @@
 """One complete run: build the model, train it, test it, and keep it all in a run folder.
 
-The command line and the app's background jobs both call ``train_run``, so a run
-started from either leaves the same folder behind.
+The command line and the app's background jobs both call ``train_run`` to start a run
+and ``resume_run`` to go on with a stopped or interrupted one, so a run started or
+resumed from either leaves the same folder behind.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -16,50 +18,87 @@ from .config import ModelConfig, TrainConfig
 from .data import CifarData
 from .evaluation import evaluate
 from .model import build_model
-from .runs import RunMetrics, RunWriter
-from .training import EpochEvent, Event, EventHandler, FitResult, fit
+from .runs import RunError, RunMetrics, RunWriter, load_run, read_checkpoint
+from .training import EpochEvent, EpochRecord, Event, EventHandler, FitResult, TrainingState, fit
 
 
 def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, run_dir: Path,
               on_event: EventHandler | None = None, stop: threading.Event | None = None,
-              preset: str | None = None, subset: int | None = None) -> RunMetrics:
+              preset: str | None = None, subset: int | None = None,
+              channel_order: str = "correct") -> RunMetrics:
     """Train, record every epoch in ``run_dir``, evaluate on the test set; returns the metrics.
 
     A run stopped by the user is still tested and saved (status ``stopped``); an
     exception marks the folder ``interrupted`` and propagates.
     """
-    writer = RunWriter(run_dir, model_cfg, train_cfg, preset, subset)
+    writer = RunWriter(run_dir, model_cfg, train_cfg, preset, subset, channel_order)
     torch.manual_seed(train_cfg.seed)  # the initial weights belong to the seeded run too
     model = build_model(model_cfg)
-    history = []
+    return _train_and_test(model, train_cfg, data, writer, on_event, stop)
+
+
+def resume_run(run_dir: str | os.PathLike, data: CifarData, on_event: EventHandler | None = None,
+               stop: threading.Event | None = None) -> RunMetrics:
+    """Go on with a stopped or interrupted run from its last complete epoch, in its own folder.
+
+    ``data`` must be what the run trained on (its subset, its channel order); ``RunError``
+    when the folder is not a run, has finished, or has no usable checkpoint.
+    """
+    run = load_run(run_dir)
+    blocker = run.resume_blocker()
+    if blocker:
+        raise RunError(blocker)
+    state = read_checkpoint(run.path)
+    cfg = run.train_config
+    if state.epoch >= cfg.epochs:
+        raise RunError(f"{run.path}: all {cfg.epochs} planned epochs are done; there is nothing to resume")
+    if (state.train_images, state.val_images) != (len(data.y_train), len(data.y_val)):
+        raise RunError(f"{run.path} trained on {state.train_images:,} images (validated on "
+                       f"{state.val_images:,}); this data has {len(data.y_train):,} "
+                       f"({len(data.y_val):,}): is it the same dataset?")
+    writer = RunWriter.reopen(run, state)
+    model = build_model(run.model_config)
+    try:
+        return _train_and_test(model, cfg, data, writer, on_event, stop, state)
+    except ValueError as err:  # the saved state does not fit (another device, say)
+        raise RunError(f"{run.path}: cannot resume: {err}") from None
+
+
+def _train_and_test(model: torch.nn.Module, cfg: TrainConfig, data: CifarData, writer: RunWriter,
+                    on_event: EventHandler | None, stop: threading.Event | None,
+                    resume: TrainingState | None = None) -> RunMetrics:
+    history: list[EpochRecord] = list(resume.history) if resume else []
 
     def record(event: Event) -> None:
         if isinstance(event, EpochEvent):
             history.append(event.record)
-            state = model.state_dict() if event.improved or not train_cfg.restore_best else None
+            state = model.state_dict() if event.improved or not cfg.restore_best else None
             writer.epoch_done(history, event.best_epoch, event.val_confusion, state, event.grad_norms)
         if on_event:
             on_event(event)
 
     try:
-        result: FitResult = fit(model, data, train_cfg, record, stop)
+        result: FitResult = fit(model, data, cfg, record, stop, resume=resume,
+                                on_state=writer.save_checkpoint)
         if not result.history:
             writer.finish("stopped", train_seconds=result.train_seconds)
             return writer.metrics
         writer.save_weights(result.best_state)
-        test = evaluate(model, data.x_test, data.y_test, data.classes, train_cfg.device,
-                        train_cfg.precision, train_cfg.tta_flip)
+        test = evaluate(model, data.x_test, data.y_test, data.classes, cfg.device,
+                        cfg.precision, cfg.tta_flip)
     except BaseException:
         # Also after training: a run whose process lives on (an app job) must not stay "running".
         writer.finish("interrupted")
         raise
     best = result.history[result.best_epoch - 1]
+    status = "stopped" if result.stopped_by_user else "finished"
     writer.finish(
-        "stopped" if result.stopped_by_user else "finished",
-        best_epoch=result.best_epoch, val_acc=best.val_acc, test_acc=test.accuracy,
+        status, best_epoch=result.best_epoch, val_acc=best.val_acc, test_acc=test.accuracy,
         epochs_run=len(result.history), stopped_early=result.stopped_early,
         images_per_second=round(result.images_per_second, 1),
         train_seconds=round(result.train_seconds, 2),
         seconds_per_epoch=round(float(np.mean([r.seconds for r in result.history])), 2),
         confusion_matrix=test.confusion().tolist(), classes=tuple(data.classes))
+    if status == "finished":
+        writer.discard_checkpoint()
     return writer.metrics

@@ -6,10 +6,17 @@
     RUN_DIR/val_confusion.npy   validation confusion matrix per finished epoch (E, 10, 10)
     RUN_DIR/metrics.json        status, best_epoch, val_acc, test_acc, images_per_second,
                                 train_seconds, confusion_matrix (test; rows true), ...
+    RUN_DIR/checkpoint.pt       the training state after the last complete epoch (until the
+                                run finishes): what ``train --resume`` goes on from
 
 Every file is written to a temporary name in the same folder and renamed over the old
 one, so a crash at any instant leaves the previous complete state readable. A run whose
 metrics say ``running`` but whose process is gone is reported as ``interrupted``.
+
+The checkpoint is written last in each epoch, so the other files are at most one epoch
+ahead of it; a resume cuts them back to it. It holds only tensors, dicts, lists,
+numbers and strings and is read with ``torch.load(weights_only=True)``: a file that
+asks for anything else is refused, never unpickled.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ import csv
 import io
 import json
 import os
+import pickle
 import socket
 import tempfile
 import time
+import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -33,7 +42,7 @@ from .config import ConfigError, ModelConfig, TrainConfig
 from .data import DEFAULT_CLASSES
 from .formatting import format_percent
 from .model import CifarCNN, build_model
-from .training import HISTORY_COLUMNS, EpochRecord
+from .training import HISTORY_COLUMNS, EpochRecord, TrainingState
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
@@ -41,6 +50,7 @@ WEIGHTS_FILE = "weights.safetensors"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "val_confusion.npy"
 GRAD_NORMS_FILE = "grad_norms.csv"
+CHECKPOINT_FILE = "checkpoint.pt"
 # The pretrained runs shipped with the project (cifar_core.bundled lists them).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -150,7 +160,8 @@ class RunWriter:
     """Writes one run folder as training goes."""
 
     def __init__(self, path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                 preset: str | None = None, subset: int | None = None) -> None:
+                 preset: str | None = None, subset: int | None = None,
+                 channel_order: str = "correct") -> None:
         self.path = Path(path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -158,11 +169,40 @@ class RunWriter:
             raise RunError(f"cannot create run folder {self.path}: {err.strerror}") from None
         self.metrics = RunMetrics(pid=os.getpid(), host=socket.gethostname())
         config = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "preset": preset,
-                  "subset": subset, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                  "subset": subset, "channel_order": channel_order,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self._write(CONFIG_FILE, json.dumps(config, indent=2).encode())
         self._write_metrics()
         self.confusions: list[np.ndarray] = []
         self.grad_norms: list[dict[str, float]] = []
+
+    @classmethod
+    def reopen(cls, run: Run, state: TrainingState) -> RunWriter:
+        """Go on writing ``run`` from its checkpoint ``state``: the files that went past the
+        checkpoint's epoch are cut back to it, and the run is marked running by this process."""
+        epochs = state.epoch
+        confusions = run.val_confusions() if epochs else None
+        if len(run.history) < epochs or (epochs and (confusions is None or len(confusions) < epochs)):
+            raise RunError(f"{run.path}: its files are behind its checkpoint ({epochs} epochs)")
+        writer = cls.__new__(cls)
+        writer.path = run.path
+        writer.metrics = RunMetrics(pid=os.getpid(), host=socket.gethostname())
+        writer.confusions = list(confusions[:epochs]) if confusions is not None else []
+        writer.grad_norms = [row for row in run.grad_norms() if row["epoch"] <= epochs]
+        if not epochs:
+            for name in (WEIGHTS_FILE, CONFUSION_FILE, GRAD_NORMS_FILE, HISTORY_FILE):
+                (writer.path / name).unlink(missing_ok=True)
+            writer._write_metrics()
+            return writer
+        weights = state.best_state if run.train_config.restore_best else state.model
+        writer._write(WEIGHTS_FILE, save_weights_bytes(weights))
+        writer._write(CONFUSION_FILE, _npy_bytes(np.stack(writer.confusions)))
+        if writer.grad_norms:
+            writer._write(GRAD_NORMS_FILE, _csv_bytes(writer.grad_norms))
+        best_epoch = state.stopping.best_epoch if run.train_config.restore_best else epochs
+        writer._write(HISTORY_FILE, history_csv(state.history))
+        writer._progress(state.history, best_epoch)
+        return writer
 
     def _write_metrics(self) -> None:
         self._write(METRICS_FILE, json.dumps(self.metrics.to_dict(), indent=2).encode())
@@ -185,10 +225,21 @@ class RunWriter:
             self._write(WEIGHTS_FILE, save_weights_bytes(best_state))
         self._write(CONFUSION_FILE, _npy_bytes(np.stack(self.confusions)))
         self._write(HISTORY_FILE, history_csv(history))
+        self._progress(history, best_epoch)
+
+    def _progress(self, history: list[EpochRecord], best_epoch: int) -> None:
         best = history[best_epoch - 1] if best_epoch else history[-1]
         self.metrics = replace(self.metrics, best_epoch=best_epoch, val_acc=best.val_acc,
                                epochs_run=len(history))
         self._write_metrics()
+
+    def save_checkpoint(self, state: TrainingState) -> None:
+        """The training state to resume from; written after the epoch's other files."""
+        self._write(CHECKPOINT_FILE, checkpoint_bytes(state))
+
+    def discard_checkpoint(self) -> None:
+        """A finished run is not resumed: its checkpoint (several times the weights) goes."""
+        (self.path / CHECKPOINT_FILE).unlink(missing_ok=True)
 
     def finish(self, status: str, **figures: object) -> None:
         """The last word on the run: its status and final figures (RunMetrics fields)."""
@@ -215,6 +266,39 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 def save_weights_bytes(state: dict[str, torch.Tensor]) -> bytes:
     return save({k: v.detach().cpu().contiguous() for k, v in state.items()})
+
+
+def checkpoint_bytes(state: TrainingState) -> bytes:
+    out = io.BytesIO()
+    torch.save(state.state_dict(), out)
+    return out.getvalue()
+
+
+def read_checkpoint(run_dir: Path) -> TrainingState:
+    """The training state saved in ``run_dir``; ``RunError`` when it is missing or unusable.
+
+    ``weights_only=True``: only tensors and plain data are rebuilt; a file that asks for
+    any other object is refused, and there is no fallback to full unpickling.
+    """
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.exists():
+        raise RunError(f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_FILE} missing)")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; nothing else is read
+        raise RunError(f"{path}: not a readable checkpoint (not a torch.save archive)")
+    try:
+        values = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" in str(err):  # weights_only's refusal of a class or function
+            raise RunError(f"{path}: refused to load (it holds objects other than tensors and "
+                           "plain data)") from None
+        raise RunError(f"{path}: not a readable checkpoint (damaged pickle)") from None
+    except Exception as err:  # a damaged or foreign file fails in many ways; all mean the same
+        detail = " ".join(str(err).split())[:200]
+        raise RunError(f"{path}: not a readable checkpoint ({detail})") from None
+    try:
+        return TrainingState.from_state_dict(values)
+    except ValueError as err:
+        raise RunError(f"{path}: not a usable checkpoint ({err})") from None
 
 
 @dataclass
@@ -286,6 +370,36 @@ class Run:
     @property
     def has_weights(self) -> bool:
         return (self.path / WEIGHTS_FILE).exists()
+
+    @property
+    def channel_order(self) -> str:
+        """How the training rows were read (``as_presented`` repeats the presentation's mistake)."""
+        order = self.config.get("channel_order")
+        return order if isinstance(order, str) else "correct"
+
+    def resume_blocker(self) -> str | None:
+        """Why this run cannot be resumed, or None when it can.
+
+        A run can be resumed when it has a checkpoint and was stopped by its user, or was
+        interrupted before its planned epochs were done. (Only the checkpoint itself says
+        for sure how far it got; reading it is left to the resume.)
+        """
+        status = self.status
+        if self.is_bundled:
+            return f"{self.name} is a bundled model, not a run to resume"
+        if status == "finished":
+            return f"{self.path} has finished; there is nothing to resume"
+        if status == "running":
+            return f"{self.path} is still running (process {self.metrics.pid})"
+        if not (self.path / CHECKPOINT_FILE).exists():
+            return f"{self.path}: no checkpoint to resume from ({CHECKPOINT_FILE} missing)"
+        if status == "interrupted" and len(self.history) >= self.train_config.epochs:
+            return f"{self.path}: all {self.train_config.epochs} planned epochs are done"
+        return None
+
+    @property
+    def resumable(self) -> bool:
+        return self.resume_blocker() is None
 
     def weights_mtime(self) -> float:
         """When the weights were last saved (0 without weights): a cache key for anything derived."""

@@ -10,6 +10,12 @@ processes: on a 2-core laptop they would only compete with the math for the same
 ``EpochEvent`` after every epoch (which says whether another epoch follows), and checks a
 ``threading.Event`` after every batch so a stop request takes effect within one batch.
 Given the seed, a run on the CPU is deterministic.
+
+After set-up and after every complete epoch ``fit`` can hand out a ``TrainingState``:
+everything needed to go on from there (weights, optimizer, schedule, random-number
+generators, early stopping, best weights, weight average, counters) as plain tensors,
+numbers and strings. ``fit(..., resume=state)`` continues from it exactly as if the run
+had never stopped.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -204,6 +210,15 @@ class WeightAverage:
         torch._foreach_lerp_(self.average, self.tensors, 1 - decay)
         torch._foreach_copy_(self.tensors, self.average)
 
+    def state(self) -> list[torch.Tensor]:
+        return [t.detach().cpu().clone() for t in self.average]
+
+    @torch.no_grad()
+    def load_state(self, average: list[torch.Tensor]) -> None:
+        if [a.shape for a in average] != [b.shape for b in self.average]:
+            raise ValueError("the weight average does not fit this model")
+        torch._foreach_copy_(self.average, [a.to(b.device) for a, b in zip(average, self.average)])
+
 
 @dataclass
 class TrainingSetup:
@@ -223,6 +238,7 @@ class TrainingSetup:
     aug_gen: torch.Generator  # augmentation parameters
     weighted: list[tuple[str, torch.Tensor]]  # the layers whose gradient norms are reported
     averager: WeightAverage | None
+    val_images: int
     started: float = 0.0  # perf_counter when training began
     images_done: int = 0
 
@@ -248,7 +264,7 @@ def set_up(model: nn.Module, data: CifarData, cfg: TrainConfig) -> TrainingSetup
     averager = WeightAverage(model, total_steps) if cfg.weight_averaging else None
     return TrainingSetup(device, bf16, memory_format, x_train, y_train, batch_size, batches, optimizer,
                          schedule, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-                         order_gen, aug_gen, weight_layers(model), averager)
+                         order_gen, aug_gen, weight_layers(model), averager, len(data.y_val))
 
 
 @dataclass(frozen=True)
@@ -259,7 +275,8 @@ class EpochTraining:
     accuracy: float
     lr: float  # at the epoch's start
     grad_norms: dict[str, float]
-    stopped: bool  # a stop request ended it early
+    stopped: bool  # a stop request came during the epoch
+    complete: bool  # every batch of the epoch ran
 
 
 def train_epoch(model: nn.Module, setup: TrainingSetup, cfg: TrainConfig, epoch: int,
@@ -303,7 +320,8 @@ def train_epoch(model: nn.Module, setup: TrainingSetup, cfg: TrainConfig, epoch:
             stopped = True
             break
     grad_norms = dict(zip([name for name, _ in s.weighted], (grad_sums / steps).tolist()))
-    return EpochTraining((loss_sum / seen).item(), correct.item() / seen, lr, grad_norms, stopped)
+    return EpochTraining((loss_sum / seen).item(), correct.item() / seen, lr, grad_norms, stopped,
+                         steps == s.batches)
 
 
 @dataclass(frozen=True)
@@ -322,16 +340,146 @@ def validate(model: nn.Module, data: CifarData, setup: TrainingSetup, tta_flip: 
     return Validation(loss, accuracy, confusion(data.y_val, predicted, len(data.classes)))
 
 
+# --- saving and resuming --------------------------------------------------------
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
+
+
+def _plain(value: object) -> object:
+    """A copy of an optimizer or schedule state with every tensor on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+@dataclass
+class TrainingState:
+    """Everything ``fit`` needs to go on after ``epoch`` complete epochs, on the CPU.
+
+    ``state_dict()`` turns it into tensors, dicts, lists, numbers and strings only, so it
+    can be saved with ``torch.save`` and read back with ``torch.load(weights_only=True)``;
+    ``from_state_dict`` checks that shape and raises ``ValueError`` for anything else.
+    """
+
+    epoch: int
+    history: list[EpochRecord]
+    model: dict[str, torch.Tensor]
+    best_state: dict[str, torch.Tensor]  # the best epoch's weights so far
+    optimizer: dict
+    schedule: dict
+    stopping: EarlyStopping
+    rng: dict[str, torch.Tensor]  # ByteTensor states: order, augment, torch (and cuda)
+    average: list[torch.Tensor] | None  # the weight average, when weight averaging is on
+    images_done: int
+    elapsed: float  # seconds of training so far
+    train_images: int  # the data it was trained on, to check a resume uses the same
+    val_images: int
+
+    VERSION = 1
+
+    @classmethod
+    def capture(cls, model: nn.Module, setup: TrainingSetup, history: list[EpochRecord],
+                stopping: EarlyStopping, best_state: dict[str, torch.Tensor]) -> TrainingState:
+        rng = {"order": setup.order_gen.get_state(), "augment": setup.aug_gen.get_state(),
+               "torch": torch.get_rng_state()}
+        if setup.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(setup.device)
+        return cls(len(history), list(history), _cpu(model.state_dict()), _cpu(best_state),
+                   _plain(setup.optimizer.state_dict()), _plain(setup.schedule.state_dict()),
+                   copy.copy(stopping), rng, setup.averager.state() if setup.averager else None,
+                   setup.images_done, time.perf_counter() - setup.started, len(setup.y_train),
+                   setup.val_images)
+
+    def restore(self, model: nn.Module, setup: TrainingSetup) -> None:
+        """Put weights, optimizer, schedule, generators and counters back as they were;
+        ``ValueError`` when the state does not fit this model, these settings or this device."""
+        if (self.train_images, self.val_images) != (len(setup.y_train), setup.val_images):
+            raise ValueError(f"it was trained on {self.train_images:,} images and validated on "
+                             f"{self.val_images:,}; this data has {len(setup.y_train):,} and "
+                             f"{setup.val_images:,}")
+        if (self.average is None) != (setup.averager is None):
+            raise ValueError("weight averaging differs between the saved state and the settings")
+        try:
+            model.load_state_dict(self.model)
+            setup.optimizer.load_state_dict(self.optimizer)
+            setup.schedule.load_state_dict(self.schedule)
+            if setup.averager and self.average is not None:
+                setup.averager.load_state(self.average)
+            setup.order_gen.set_state(self.rng["order"])
+            setup.aug_gen.set_state(self.rng["augment"])
+            torch.set_rng_state(self.rng["torch"])
+            if setup.device.type == "cuda" and "cuda" in self.rng:
+                torch.cuda.set_rng_state(self.rng["cuda"], setup.device)
+        except (RuntimeError, KeyError, TypeError) as err:
+            detail = " ".join(str(err).split())[:200]
+            raise ValueError(f"the saved state does not fit this model and device ({detail})") from None
+        setup.images_done = self.images_done
+        setup.started = time.perf_counter() - self.elapsed
+
+    def state_dict(self) -> dict:
+        return {"version": self.VERSION, "epoch": self.epoch,
+                "history": [asdict(r) for r in self.history], "model": self.model,
+                "best_state": self.best_state, "optimizer": self.optimizer, "schedule": self.schedule,
+                "stopping": asdict(self.stopping), "rng": self.rng, "average": self.average,
+                "images_done": self.images_done, "elapsed": self.elapsed,
+                "train_images": self.train_images, "val_images": self.val_images}
+
+    def well_formed(self) -> bool:
+        def tensors(values: object) -> bool:
+            items = values.values() if isinstance(values, dict) else values
+            return isinstance(values, dict | list) and all(isinstance(t, torch.Tensor) for t in items)
+
+        return (isinstance(self.epoch, int) and self.epoch == len(self.history)
+                and tensors(self.model) and tensors(self.best_state) and tensors(self.rng)
+                and {"order", "augment", "torch"} <= set(self.rng)
+                and (self.average is None or tensors(self.average))
+                and isinstance(self.optimizer, dict) and isinstance(self.schedule, dict)
+                and isinstance(self.images_done, int) and isinstance(self.elapsed, float | int)
+                and isinstance(self.train_images, int) and isinstance(self.val_images, int))
+
+    @classmethod
+    def from_state_dict(cls, values: object) -> TrainingState:
+        if not isinstance(values, dict) or values.get("version") != cls.VERSION:
+            raise ValueError("not a training state of this version")
+        try:
+            history = [EpochRecord(**row) for row in values["history"]]
+            stopping = EarlyStopping(**values["stopping"])
+            state = cls(values["epoch"], history, values["model"], values["best_state"],
+                        values["optimizer"], values["schedule"], stopping, values["rng"],
+                        values["average"], values["images_done"], values["elapsed"],
+                        values["train_images"], values["val_images"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"incomplete training state ({err})") from None
+        if not state.well_formed():
+            raise ValueError("malformed training state")
+        return state
+
+
+StateHandler = Callable[[TrainingState], None]
+
+
+# --- fit --------------------------------------------------------------------------
+
+
 def fit(model: nn.Module, data: CifarData, cfg: TrainConfig,
-        on_event: EventHandler | None = None, stop: threading.Event | None = None) -> FitResult:
-    """Train ``model`` on ``data.x_train``, validating after every epoch."""
+        on_event: EventHandler | None = None, stop: threading.Event | None = None,
+        resume: TrainingState | None = None, on_state: StateHandler | None = None) -> FitResult:
+    """Train ``model`` on ``data.x_train``, validating after every epoch.
+
+    ``resume`` continues from a saved state (its history is kept); ``on_state`` receives
+    the state after set-up and after every complete epoch, to be saved for a resume. An
+    epoch cut short by a stop request is recorded but not handed to ``on_state``: a resume
+    goes on from the last complete one.
+    """
     setup = set_up(model, data, cfg)
-    stopping = EarlyStopping.for_config(cfg)
-    history: list[EpochRecord] = []
-    best_state = copy.deepcopy(model.state_dict())
+    history, stopping, best_state = _start(model, setup, cfg, resume, on_state)
     stopped_early = stopped_by_user = False
-    setup.started = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
         epoch_start = time.perf_counter()
         trained = train_epoch(model, setup, cfg, epoch, on_event, stop)
         stopped_by_user = trained.stopped
@@ -349,8 +497,33 @@ def fit(model: nn.Module, data: CifarData, cfg: TrainConfig,
         if on_event:
             on_event(EpochEvent(record, stopping.best_epoch, stopping.since_best, improved,
                                 val.confusion, trained.grad_norms, last, stopped_early))
+        if on_state and trained.complete:
+            on_state(TrainingState.capture(model, setup, history, stopping, best_state))
         if last:
             break
+    return _result(model, cfg, setup, history, stopping, best_state, stopped_early, stopped_by_user)
+
+
+def _start(model: nn.Module, setup: TrainingSetup, cfg: TrainConfig, resume: TrainingState | None,
+           on_state: StateHandler | None) -> tuple[list[EpochRecord], EarlyStopping, dict[str, torch.Tensor]]:
+    """History, early stopping and best weights to begin with: fresh, or those of ``resume``."""
+    setup.started = time.perf_counter()
+    if resume is not None:
+        resume.restore(model, setup)
+        best_state = {k: v.to(setup.device) for k, v in resume.best_state.items()}
+        return list(resume.history), copy.copy(resume.stopping), best_state
+    history: list[EpochRecord] = []
+    stopping = EarlyStopping.for_config(cfg)
+    best_state = copy.deepcopy(model.state_dict())
+    if on_state:  # a run stopped or killed in its first epoch can start again from here
+        on_state(TrainingState.capture(model, setup, history, stopping, best_state))
+    return history, stopping, best_state
+
+
+def _result(model: nn.Module, cfg: TrainConfig, setup: TrainingSetup, history: list[EpochRecord],
+            stopping: EarlyStopping, best_state: dict[str, torch.Tensor], stopped_early: bool,
+            stopped_by_user: bool) -> FitResult:
+    """The outcome; the model left with the best epoch's weights when ``restore_best``."""
     train_seconds = time.perf_counter() - setup.started
     best_epoch = stopping.best_epoch
     if cfg.restore_best and history:
