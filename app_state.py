@@ -125,6 +125,14 @@ def evaluation(run: Run, split: str, data: CifarData) -> Evaluation:
     return result
 
 
+def resume_job(run: Run, data: CifarData) -> str:
+    """Go on with a stopped or interrupted run in a background job, which becomes this
+    session's job on the Train page; ``RunError`` or ``JobLimitError`` say why not."""
+    job_id = get_registry().resume(run, data)
+    st.session_state[TRAIN_JOB_KEY] = job_id
+    return job_id
+
+
 def last_trained_dir() -> str | None:
     """The run folder of this session's last job on the Train page, once that job has ended."""
     job_id = st.session_state.get(TRAIN_JOB_KEY)

@@ -2,7 +2,8 @@
 
 The run itself lives in the process-wide job registry (cifar_core.jobs), not in this
 page: leaving the page or closing the tab does not stop it, and coming back shows it
-again. This page only submits, reads snapshots once a second and sends stop requests.
+again. This page only submits (or resumes a stopped or interrupted run), reads snapshots
+once a second and sends stop requests.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cifar_core.deployment import current_profile
 from cifar_core.formatting import MISSING, format_count, format_images, format_percent, format_seconds
 from cifar_core.jobs import JobLimitError, JobSnapshot, get_registry
 from cifar_core.model import build_model, count_parameters
-from cifar_core.runs import HISTORY_FILE, WEIGHTS_FILE, Run, RunMetrics, list_runs, load_run
+from cifar_core.runs import HISTORY_FILE, WEIGHTS_FILE, Run, RunError, RunMetrics, list_runs, load_run
 
 SAVED_SETTINGS = "train.saved_settings"  # {widget key: (its default then, value)}
 REFRESH_SECONDS = 1.0
@@ -272,9 +273,8 @@ def run_list(runs: list[Run]) -> pd.DataFrame:
                                  "test_acc": "test acc", "images_per_second": "images/s"})
 
 
-def draw_runs() -> None:
+def draw_runs(runs: list[Run]) -> None:
     st.subheader("All runs")
-    runs = list_runs()
     if not runs:
         st.caption("No runs yet. Each run you start here (or with `python -m cifar_core train`) "
                    "is saved as a folder and listed here.")
@@ -288,8 +288,31 @@ def draw_runs() -> None:
                      "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
                      "status": st.column_config.TextColumn(
                          help="finished; stopped (by you; still tested and saved); interrupted "
-                              "(the server stopped mid-run; the best epoch so far is kept)"),
+                              "(the server stopped mid-run; the best epoch so far is kept). "
+                              "Stopped and interrupted runs can be resumed below."),
                  })
+
+
+def draw_resume(runs: list[Run], data: CifarData, own: JobSnapshot | None) -> None:
+    """Resume for runs that were stopped or interrupted before their planned epochs."""
+    resumable = {str(run.path): run for run in runs if run.resumable}
+    if not resumable:
+        return
+    left, right = st.columns([4, 1], vertical_alignment="bottom")
+    path = left.selectbox("Resume a stopped or interrupted run", list(resumable), key="train.resume.run",
+                          format_func=lambda p: resumable[p].label)
+    busy = own is not None and own.active
+    if right.button("Resume", key="train.resume", icon=":material/play_circle:", disabled=busy,
+                    width="stretch",
+                    help="Your run is still going: stop it first." if busy else
+                         "Goes on from the run's last complete epoch in its own folder, with its own "
+                         "settings, exactly as if it had never stopped."):
+        try:
+            app_state.resume_job(resumable[path], data)
+        except (JobLimitError, RunError) as err:
+            st.error(str(err), icon=":material/error:")
+            return
+        st.rerun()  # the whole page: the live view of the resumed run
 
 
 # --- downloads ------------------------------------------------------------------------
@@ -385,5 +408,8 @@ if shown is not None:
     st.subheader("This run" if is_own else "A run started in another session")
     draw_live_view(shown.id, poll=shown.active)
     draw_other_jobs(shown)
-draw_runs()
+runs = list_runs()
+draw_runs(runs)
+if data is not None:
+    draw_resume(runs, data, shown if is_own else None)
 draw_downloads()

@@ -4,6 +4,10 @@ The registry is module-level (``get_registry()``), not per browser session, so a
 keeps going when its page is left, its tab closed or its session ends; any session can
 list the jobs, and a session that remembers a job id finds it again, finished or not.
 
+A job either starts a new run in a fresh folder (``submit``) or goes on with a stopped
+or interrupted run in its own folder (``resume``); its snapshot then holds the epochs
+done before, so the live view shows the whole run.
+
 Finished jobs keep their last snapshot (the newest 50; 10 in the cloud profile), so a
 page that comes back after the end still shows the final curves and figures; the run
 folder holds the rest.
@@ -50,8 +54,8 @@ import torch
 from .config import ModelConfig, TrainConfig
 from .data import CifarData, DataError, subset
 from .deployment import cpu_quota, current_profile
-from .pipeline import train_run
-from .runs import RunError, RunMetrics, default_runs_root, new_run_dir
+from .pipeline import resume_run, train_run
+from .runs import Run, RunError, RunMetrics, default_runs_root, new_run_dir
 from .training import BatchEvent, EpochEvent, EpochRecord, Event
 
 log = logging.getLogger(__name__)
@@ -139,13 +143,14 @@ class Job:
 
     def __init__(self, job_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
                  data: CifarData, preset: str | None, subset_size: int | None,
-                 runs_root: Path, torch_threads: int) -> None:
+                 runs_root: Path, torch_threads: int, resume: Run | None = None) -> None:
         self.id = job_id
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.data: CifarData | None = data
         self.preset, self.subset = preset, subset_size
         self.runs_root = runs_root
         self.torch_threads = torch_threads
+        self.resume_dir = resume.path if resume else None  # the run folder this job goes on with
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -157,10 +162,11 @@ class Job:
         self._ips: float | None = None
         self._eta_epoch: float | None = None
         self._eta_run: float | None = None
-        self._history: list[EpochRecord] = []
-        self._best_epoch = self._since_best = 0
+        self._history: list[EpochRecord] = list(resume.history) if resume else []
+        self._best_epoch = resume.metrics.best_epoch if resume else 0
+        self._since_best = 0
         self._error: str | None = None
-        self._run_dir: Path | None = None
+        self._run_dir: Path | None = self.resume_dir
         self._metrics: RunMetrics | None = None
         self._submitted = time.time()
         self._started: float | None = None
@@ -214,9 +220,13 @@ class Job:
             # Process-wide in effect (see the module docstring); same value for every job.
             torch.set_num_threads(self.torch_threads)
             data = subset(self.data, self.subset, seed=self.train_cfg.seed) if self.subset else self.data
-            metrics = train_run(self.model_cfg, self.train_cfg, data, self._run_dir,
-                                on_event=self._on_event, stop=self.stop_event,
-                                preset=self.preset, subset=self.subset)
+            if self.resume_dir:
+                self._epoch_mark = time.perf_counter()  # the first epoch here is not epoch 1
+                metrics = resume_run(self.resume_dir, data, on_event=self._on_event, stop=self.stop_event)
+            else:
+                metrics = train_run(self.model_cfg, self.train_cfg, data, self._run_dir,
+                                    on_event=self._on_event, stop=self.stop_event,
+                                    preset=self.preset, subset=self.subset)
             status = "stopped" if metrics.status == "stopped" else "finished"
         except (RunError, DataError, ValueError) as err:  # bad settings, unwritable folder: say what
             error = str(err)
@@ -246,7 +256,7 @@ class Job:
         self._loss, self._ips = event.loss, event.images_per_second
         self._phase = "validating" if event.batch == event.batches else "training"
         # Epoch 1 counts from the core's own start mark, leaving out model building.
-        epoch_elapsed = event.elapsed if event.epoch == 1 else now - self._epoch_mark
+        epoch_elapsed = event.elapsed if event.epoch == 1 and not self.resume_dir else now - self._epoch_mark
         per_batch = epoch_elapsed / event.batch
         self._eta_epoch = per_batch * (event.batches - event.batch)
         # Finished epochs' wall time includes validation, so it is the better estimate.
@@ -255,7 +265,8 @@ class Job:
         self._eta_run = self._eta_epoch + per_epoch * (self.train_cfg.epochs - event.epoch)
 
     def _on_epoch(self, event: EpochEvent, now: float) -> None:
-        self._history.append(event.record)
+        # A resumed run goes on from its checkpoint, which may be behind the history it had.
+        self._history = [r for r in self._history if r.epoch < event.record.epoch] + [event.record]
         self._best_epoch, self._since_best = event.best_epoch, event.epochs_without_improvement
         self._epoch_mark = now
         self._phase = "testing" if event.last else "training"
@@ -289,18 +300,28 @@ class JobRegistry:
         """Queue a run and start it as soon as a slot is free; returns the job id."""
         root = Path(runs_root) if runs_root else default_runs_root()
         with self._lock:
-            if len(self._queue) >= self.max_queued and len(self._running) >= self.max_jobs:
-                raise JobLimitError(
-                    f"{len(self._running)} run(s) training and {len(self._queue)} waiting: the queue "
-                    "is full. Try again when one has finished, or stop one you started.")
-            job_id = f"{time.strftime('%H%M%S')}-{next(self._ids)}"
-            job = Job(job_id, model_cfg, train_cfg, data, preset, subset_size or None, root,
-                      self.torch_threads)
-            self._jobs[job_id] = job
-            self._queue.append(job)
-            self._dispatch_locked()
-            self._forget_old_locked()
-        return job_id
+            job = self._enqueue_locked(model_cfg, train_cfg, data, preset, subset_size or None, root)
+        return job.id
+
+    def resume(self, run: Run, data: CifarData) -> str:
+        """Queue a job that goes on with ``run`` in its own folder; returns the job id.
+
+        ``RunError`` when the run cannot be resumed or a job here is already on it, or when
+        it read its training images another way than ``data`` holds them.
+        """
+        blocker = run.resume_blocker()
+        if blocker:
+            raise RunError(blocker)
+        if run.channel_order != "correct":
+            raise RunError(f"{run.name} was trained on images read as {run.channel_order}; "
+                           "resume it from the command line")
+        with self._lock:
+            active = [job for job in self._jobs.values() if job.status in ACTIVE_STATUSES]
+            if any(job.resume_dir == run.path for job in active):
+                raise RunError(f"{run.name} is already being resumed")
+            job = self._enqueue_locked(run.model_config, run.train_config, data, run.preset, run.subset,
+                                       run.path.parent, run)
+        return job.id
 
     def stop(self, job_id: str) -> bool:
         """Ask a job to stop (within one batch); a queued job is dropped. False if unknown or done."""
@@ -356,6 +377,22 @@ class JobRegistry:
 
     # --- internals (callers hold self._lock) ------------------------------------
 
+    def _enqueue_locked(self, model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData,
+                        preset: str | None, subset_size: int | None, root: Path,
+                        resume: Run | None = None) -> Job:
+        if len(self._queue) >= self.max_queued and len(self._running) >= self.max_jobs:
+            raise JobLimitError(
+                f"{len(self._running)} run(s) training and {len(self._queue)} waiting: the queue "
+                "is full. Try again when one has finished, or stop one you started.")
+        job_id = f"{time.strftime('%H%M%S')}-{next(self._ids)}"
+        job = Job(job_id, model_cfg, train_cfg, data, preset, subset_size, root, self.torch_threads,
+                  resume)
+        self._jobs[job_id] = job
+        self._queue.append(job)
+        self._dispatch_locked()
+        self._forget_old_locked()
+        return job
+
     def _snapshot_locked(self, job: Job) -> JobSnapshot:
         snap = job.snapshot()
         if snap.status == "queued" and job in self._queue:
@@ -366,7 +403,7 @@ class JobRegistry:
         while self._queue and len(self._running) < self.max_jobs:
             job = self._queue.popleft()
             try:
-                run_dir = self._reserve_dir_locked(job)
+                run_dir = job.resume_dir or self._reserve_dir_locked(job)
             except (RunError, OSError) as err:
                 job.cancel(f"cannot create a run folder: {err}")
                 continue

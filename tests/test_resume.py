@@ -10,23 +10,27 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from streamlit.testing.v1 import AppTest
 
 from cifar_core import runs
 from cifar_core.__main__ import main
 from cifar_core.config import ModelConfig, TrainConfig, apply_overrides, get_preset
 from cifar_core.data import CifarData, load_cifar10, subset
+from cifar_core.jobs import JobRegistry, get_registry
 from cifar_core.model import build_model
-from cifar_core.pipeline import resume_run
+from cifar_core.pipeline import resume_run, train_run
 from cifar_core.runs import CHECKPOINT_FILE, RunError, RunWriter, load_run, load_weights, read_checkpoint
 from cifar_core.training import EarlyStopping, EpochRecord, TrainingState, set_up
 
 REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "streamlit_app.py")
 TINY = ModelConfig(conv_filters=(8, 16), conv_dropout=(0.0, 0.25), dense_units=(16,),
                    dense_dropout=(0.25,))
 FAST = TrainConfig(epochs=3, batch_size=32, device="cpu", precision="fp32", seed=3)
@@ -384,7 +388,97 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(recipe: str, c
     assert_same_run(killed_dir, tmp_path / "reference")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["baseline", "quick"])
+def test_job_stopped_by_its_user_resumes_to_the_uninterrupted_result(recipe: str, cifar_root: Path,
+                                                                    tmp_path: Path) -> None:
+    model_cfg, train_cfg = (TINY, FAST) if recipe == "baseline" else (QUICK_MODEL, QUICK_TRAIN)
+    full = load_cifar10(cifar_root, download=False)
+    train_run(model_cfg, train_cfg, subset(full, 300, seed=train_cfg.seed), tmp_path / "reference",
+              subset=300)
+
+    registry = JobRegistry(max_jobs=1, torch_threads=1)
+    job_id = registry.submit(model_cfg, train_cfg, full, subset_size=300, runs_root=tmp_path / "runs")
+    deadline = time.monotonic() + 120
+    while (snap := registry.snapshot(job_id)).epoch < 2:  # stop somewhere in the second epoch
+        assert snap.active and time.monotonic() < deadline, snap
+        time.sleep(0.005)
+    registry.stop(job_id)
+    stopped = registry.wait(job_id, timeout=60)
+    assert stopped.status == "stopped"
+    run = load_run(stopped.run_dir)
+    assert run.status == "stopped" and run.resumable, run.resume_blocker()
+
+    resumed_id = registry.resume(run, full)
+    with pytest.raises(RunError, match="already being resumed|still running"):
+        registry.resume(run, full)
+    snap = registry.wait(resumed_id, timeout=120)
+    assert snap.status == "finished", snap.error
+    assert snap.run_dir == run.path and [r.epoch for r in snap.history] == [1, 2, 3]
+    assert_same_run(run.path, tmp_path / "reference")
+
+
 def test_resume_refuses_a_finished_run_in_process(data: CifarData, tmp_path: Path) -> None:
     finished = write_run(tmp_path / "finished", data, "finished", 3)
     with pytest.raises(RunError, match="has finished"):
         resume_run(finished, data)
+
+
+# --- the Train page -------------------------------------------------------------------------
+
+@pytest.fixture()
+def no_jobs_left_running() -> None:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    registry = get_registry()
+    for snap in registry.active():
+        registry.stop(snap.id)
+        registry.wait(snap.id, timeout=30)
+
+
+@pytest.mark.slow  # the job it starts trains
+@pytest.mark.usefixtures("no_jobs_left_running")
+def test_train_page_resumes_a_stopped_run_as_a_job(cifar_env: Path, tmp_path: Path) -> None:
+    full = load_cifar10(cifar_env, download=False)
+    cfg = dataclasses.replace(FAST, epochs=2)
+    stop = threading.Event()
+    stop.set()  # stopped in its first batch: recorded, and resumable from its set-up state
+    run_dir = Path(os.environ["CIFAR_RUNS_DIR"]) / "stopped-run"
+    train_run(TINY, cfg, subset(full, 200, seed=cfg.seed), run_dir, stop=stop, preset="baseline",
+              subset=200)
+    assert load_run(run_dir).status == "stopped" and load_run(run_dir).resumable
+
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("app_pages/train.py")
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.selectbox(key="train.resume.run").value == str(run_dir)
+    at.button(key="train.resume").click()
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+
+    job_id = at.session_state["train.job_id"]
+    snap = get_registry().snapshot(job_id)
+    assert snap is not None and snap.run_dir == run_dir
+    done = get_registry().wait(job_id, timeout=60)
+    assert done.status == "finished", done.error
+    assert [r.epoch for r in load_run(run_dir).history] == [1, 2]
+    at.run()
+    assert "finished after 2 epochs" in at.success[0].value
+    assert not [s for s in at.get("selectbox") if s.key == "train.resume.run"], "nothing left to resume"
+
+
+def test_train_page_offers_resume_for_stopped_runs_only(cifar_env: Path, data: CifarData) -> None:
+    root = Path(os.environ["CIFAR_RUNS_DIR"])
+    write_run(root / "done", data, "finished", 3)
+    write_run(root / "stopped", data, "stopped", 1)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("app_pages/train.py")
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    choice = at.selectbox(key="train.resume.run")
+    assert choice.value == str(root / "stopped") and choice.options == [load_run(root / "stopped").label]
+    assert not at.button(key="train.resume").disabled
