@@ -59,7 +59,7 @@ def test_spatial_sizes_are_the_presentations() -> None:
     assert ModelConfig().conv_output_sides() == [[30, 15], [13, 6], [4, 2]]
     assert ModelConfig().feature_size() == 512
     pool_first = ModelConfig(conv_filters=(48, 96, 192), convs_per_block=2, padding="same",
-                             pool_first=True, head="global_max", dense_units=())
+                             pool_first=True, head="global_max", dense_units=(), dense_dropout=())
     assert pool_first.spatial_sizes() == [16, 8, 4] and pool_first.feature_size() == 192
     # The whitening stem's 2x2 'valid' convolution takes one pixel off first.
     fast = PRESETS["fast"].model

@@ -134,7 +134,7 @@ def test_cells_of_valid_convolutions_sit_in_the_middle_of_the_image() -> None:
     assert cell_centres(baseline, "relu3", 4).tolist() == [8.5, 12.5, 16.5, 20.5]
     assert cell_centres(baseline, "relu1", 30)[:2].tolist() == [1.0, 2.0]
     same = build_model(ModelConfig(conv_filters=(48, 96, 192), convs_per_block=2, padding="same",
-                                   pool_first=True, head="global_max", dense_units=()))
+                                   pool_first=True, head="global_max", dense_units=(), dense_dropout=()))
     assert cell_centres(same, "relu6", 4).tolist() == [3.5, 11.5, 19.5, 27.5]  # where a resize puts them
     # The whitening stem (2x2, valid) shifts every centre by half a pixel.
     fast = build_model(get_preset("fast").model)
