@@ -172,7 +172,7 @@ def test_confusion_png_handles_empty_rows() -> None:
 
 # --- ONNX -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("preset", ["baseline", "baseline-bn", "quick", "fast"])
+@pytest.mark.parametrize("preset", ["baseline", "baseline-bn", "quick", "fast", "airbench"])
 def test_onnx_matches_pytorch(tmp_path: Path, preset: str) -> None:
     run = random_run(tmp_path / preset, preset)
     sess = session(export.onnx_bytes(run))

@@ -13,7 +13,7 @@ from cifar_core.config import PRESETS, ConfigError, ModelConfig, TrainConfig
 from cifar_core.model import build_model, count_parameters, summary, to_input, training_flops
 from cifar_core.training import WeightAverage, make_optimizer, make_schedule, parameter_groups
 
-AIRBENCH = PRESETS["quick"].model
+AIRBENCH = PRESETS["airbench"].model
 
 
 def test_whitening_stem_decorrelates_patches_like_numpy_pca() -> None:
@@ -50,7 +50,7 @@ def forward_macs(model: nn.Module) -> int:
     return sum(macs)
 
 
-@pytest.mark.parametrize("name", ["baseline", "quick", "fast", "best"])
+@pytest.mark.parametrize("name", list(PRESETS))
 def test_training_flops_match_the_layers_that_run(name: str) -> None:
     config = PRESETS[name].model
     assert training_flops(config) == 6 * forward_macs(build_model(config))
@@ -126,11 +126,9 @@ def test_weight_average_follows_the_lookahead_rule() -> None:
                 torch.testing.assert_close(p.detach(), r)
 
 
-def test_presets_quick_fast_best_grow_in_cost() -> None:
-    costs = [training_flops(PRESETS[name].model) * PRESETS[name].train.epochs
-             for name in ("quick", "fast", "best")]
-    assert costs == sorted(costs)
-    for name in ("quick", "fast", "best"):
-        preset = PRESETS[name]
-        assert preset.model.stem == "whiten" and preset.train.weight_averaging
-        build_model(preset.model)
+def test_the_airbench_preset_uses_every_ingredient() -> None:
+    model, train = PRESETS["airbench"].model, PRESETS["airbench"].train
+    assert (model.stem, model.init, model.bn_scale, model.activation) == ("whiten", "dirac", False, "gelu")
+    assert model.logit_scale == pytest.approx(1 / 9)
+    assert train.weight_averaging and train.bias_lr_scale == 64 and train.label_smoothing == 0.2
+    assert training_flops(model) == pytest.approx(119.3e6, rel=1e-3)
