@@ -22,6 +22,8 @@ asks for anything else is refused, never unpickled.
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import io
 import json
 import os
@@ -40,6 +42,7 @@ from safetensors.torch import load_file, save
 
 from .config import ConfigError, ModelConfig, TrainConfig
 from .data import DEFAULT_CLASSES
+from .evaluation import Evaluation, predictions_bytes, read_predictions
 from .formatting import format_percent
 from .model import CifarCNN, build_model
 from .training import HISTORY_COLUMNS, EpochRecord, TrainingState
@@ -51,6 +54,9 @@ METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "val_confusion.npy"
 GRAD_NORMS_FILE = "grad_norms.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
+# The test set's predictions, shipped with the bundled models so Evaluate needs neither the
+# data nor a minute of CPU: `python -m cifar_core evaluate RUN_DIR --save-predictions`.
+PREDICTIONS_FILE = "test_predictions.npz"
 # The pretrained runs shipped with the project (cifar_core.bundled lists them).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -408,6 +414,25 @@ class Run:
         except OSError:
             return 0.0
 
+    def weights_digest(self) -> str:
+        """SHA-256 of the weights file ('' without one): ties stored predictions to the weights."""
+        return _file_digest(str(self.path / WEIGHTS_FILE), self.weights_mtime())
+
+    def stored_test_predictions(self) -> Evaluation | None:
+        """The test-set predictions saved beside the weights, when they were made by these
+        weights; None when there are none or the model was retrained since."""
+        try:
+            raw = (self.path / PREDICTIONS_FILE).read_bytes()
+        except OSError:
+            return None
+        return read_predictions(raw, self.classes, self.weights_digest())
+
+    def save_test_predictions(self, result: Evaluation) -> Path:
+        """Store ``result`` (this run's weights on the whole test set) beside the weights."""
+        path = self.path / PREDICTIONS_FILE
+        atomic_write(path, predictions_bytes(result, self.weights_digest()))
+        return path
+
     def test_confusion(self) -> np.ndarray | None:
         """The test confusion matrix (rows true, columns predicted), or None before the run is tested."""
         if self.metrics.confusion_matrix is None:
@@ -443,6 +468,16 @@ class Run:
             detail = " ".join(str(err).split())[:300]
             raise RunError(f"{self.path / WEIGHTS_FILE}: does not fit {CONFIG_FILE} ({detail})") from None
         return model.to(device).eval()
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, mtime: float) -> str:
+    # Keyed on the modification time too, so weights saved again are hashed again.
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return ""
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -521,6 +556,21 @@ def list_runs(root: str | os.PathLike | None = None) -> list[Run]:
             except RunError:
                 continue
     return sorted(runs, key=lambda r: r.created, reverse=True)
+
+
+def default_run(runs: list[Run], just_trained: str | None = None) -> Run | None:
+    """The run a page should open on: the one this visitor's own job has just finished
+    (``just_trained``, its folder), else the most accurate finished run (bundled models
+    included), else the first of ``runs``. A run still training is never the default: its
+    weights are a snapshot of a model that is still changing."""
+    for run in runs:
+        if just_trained is not None and str(run.path) == just_trained and run.status != "running":
+            return run
+    finished = [run for run in runs if run.status == "finished" and run.accuracy is not None]
+    if finished:
+        return max(finished, key=lambda run: run.accuracy)  # the first of equals, by list order
+    settled = [run for run in runs if run.status != "running"]
+    return (settled or runs or [None])[0]
 
 
 def new_run_dir(root: str | os.PathLike | None = None, label: str = "run") -> Path:
