@@ -2,7 +2,12 @@
 
 import streamlit as st
 
+from cifar_core.jobs import use_page_threads
+
 st.set_page_config(page_title="CIFAR-10 CNN Lab", page_icon=":material/science:", layout="wide")
+# Each script run is a new thread: give it the cores training leaves free, not the one
+# thread a training job set process-wide.
+use_page_threads()
 st.navigation([
     st.Page("app_pages/dataset.py", title="Dataset", icon=":material/photo_library:", default=True),
     st.Page("app_pages/model.py", title="Model", icon=":material/account_tree:"),
