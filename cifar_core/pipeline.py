@@ -6,6 +6,7 @@ started from either leaves the same folder behind.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from .data import CifarData
 from .evaluation import evaluate
 from .model import ModelConfig, build_model
-from .runs import RunWriter
+from .runs import RunError, RunWriter
 from .training import EpochEvent, Event, EventHandler, FitResult, TrainConfig, fit
 
 
@@ -50,7 +51,10 @@ def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, r
                         train_cfg.precision, train_cfg.tta_flip)
     except BaseException:
         # Also after training: a run whose process lives on (an app job) must not stay "running".
-        writer.finish("interrupted")
+        # When this write fails too (the disk is full), the first failure is the one to report;
+        # the writer still marks the run ended for this process.
+        with contextlib.suppress(RunError):
+            writer.finish("interrupted")
         raise
     best = result.history[result.best_epoch - 1]
     writer.finish(

@@ -9,7 +9,8 @@
 
 Every file is written to a temporary name in the same folder and renamed over the old
 one, so a crash at any instant leaves the previous complete state readable. A run whose
-metrics say ``running`` but whose process is gone is reported as ``interrupted``.
+metrics say ``running`` but whose process is gone is reported as ``interrupted``; so is one
+whose process lives on (the app) but whose writer ended without being able to record that.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +75,17 @@ def history_csv(history: list[EpochRecord]) -> bytes:
     return out.getvalue().encode()
 
 
+# Run folders whose writer in this process ended without recording it on disk (the last
+# write failed: disk full, folder gone). Their metrics.json still says "running" under this
+# live process's pid; without this set they would show as running until a restart.
+_ended_unrecorded: set[Path] = set()
+_ended_lock = threading.Lock()
+
+
+def _folder_key(path: Path) -> Path:
+    return Path(path).resolve()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -103,6 +116,8 @@ class RunWriter:
         self._write(METRICS_FILE, json.dumps(self.metrics, indent=2).encode())
         self.confusions: list[np.ndarray] = []
         self.grad_norms: list[dict[str, float]] = []
+        with _ended_lock:
+            _ended_unrecorded.discard(_folder_key(self.path))
 
     def _write(self, name: str, data: bytes) -> None:
         try:
@@ -129,7 +144,13 @@ class RunWriter:
     def finish(self, status: str, **figures: object) -> None:
         self.metrics.update(status=status, **figures)
         self.metrics.pop("pid", None)
-        self._write(METRICS_FILE, json.dumps(self.metrics, indent=2).encode())
+        try:
+            self._write(METRICS_FILE, json.dumps(self.metrics, indent=2).encode())
+        except RunError:
+            # The run has ended all the same: say so in this process, where the pid still lives.
+            with _ended_lock:
+                _ended_unrecorded.add(_folder_key(self.path))
+            raise
 
     def save_weights(self, state: dict[str, torch.Tensor]) -> None:
         self._write(WEIGHTS_FILE, save_weights_bytes(state))
@@ -180,6 +201,10 @@ class Run:
             same_host = self.metrics.get("host") == socket.gethostname()
             if not (same_host and isinstance(pid, int) and _pid_alive(pid)):
                 return "interrupted"
+            if pid == os.getpid():
+                with _ended_lock:
+                    if _folder_key(self.path) in _ended_unrecorded:
+                        return "interrupted"
         return status
 
     def val_confusions(self) -> np.ndarray | None:
