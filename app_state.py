@@ -16,6 +16,7 @@ import threading
 import time
 
 import streamlit as st
+import torch
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from cifar_core.bundled import MODELS_DIR, bundled_runs
@@ -112,7 +113,8 @@ def run_page(page: st.Page) -> None:
 
     Every script run is logged to ``cifar_lab.timing`` (page, session, wall and CPU
     seconds, how it ended) and, with ``CIFAR_TIMING_LOG`` set, appended to that file as a
-    JSON line for benchmarks/load.py. Fragment reruns (the Train page's live view) run
+    JSON line for benchmarks/load.py (with torch's thread count in this script thread, which a
+    training job lowers process-wide). Fragment reruns (the Train page's live view) run
     only their fragment, not the page, so they are not in it.
     """
     ctx = get_script_run_ctx()
@@ -134,7 +136,8 @@ def run_page(page: st.Page) -> None:
         record = {"t": round(started, 3), "page": page.title,
                   "session": ctx.session_id if ctx else None,
                   "seconds": round(time.perf_counter() - wall, 4),
-                  "cpu": round(time.thread_time() - cpu, 4), "outcome": outcome}
+                  "cpu": round(time.thread_time() - cpu, 4), "outcome": outcome,
+                  "threads": torch.get_num_threads()}
         if ctx is not None and ctx.query_string:
             record["query"] = ctx.query_string
         _record_timing(record, profiler, profile_dir)
