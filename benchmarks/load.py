@@ -136,7 +136,22 @@ def proc_status_mb(pid: int, key: str) -> float:
 
 
 def proc_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return proc_cpu_seconds_of(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of ``pid``, by thread id."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = proc_cpu_seconds_of(task / "stat")
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def proc_cpu_seconds_of(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -204,7 +219,7 @@ async def timed(s: Session, views: list[View], rnd: int, row: str, action, ready
         if problems:
             view.error = "page shows: " + " | ".join(p[:200] for p in problems)
     except Exception as err:  # noqa: BLE001 (timeouts, closed pages: a failed view, keep going)
-        view.error = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        view.error = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
     after = s.traffic.snapshot()
     view.ws_bytes, view.media_bytes, view.media_files = (a - b for a, b in zip(after, before, strict=True))
     if view.error:
@@ -282,8 +297,10 @@ async def run_sessions(url: str, n: int, rounds: int, photo: tuple[str, bytes], 
                 sessions.append(session)
             rng = random.Random(seed)
             started = time.time()
-            await asyncio.gather(*(walk(s, url, rounds, photo, views, timeout, rng.uniform(0, 1))
-                                   for s in sessions))
+            outcomes = await asyncio.gather(*(walk(s, url, rounds, photo, views, timeout, rng.uniform(0, 1))
+                                              for s in sessions), return_exceptions=True)
+            info["sessions_crashed"] = [f"{type(o).__name__}: {o}"[:300] for o in outcomes
+                                        if isinstance(o, BaseException)]
             info["walk_seconds"] = time.time() - started
             info["training_at_end"] = await progress_text(trainer)
             await trainer_context.close()
@@ -319,6 +336,29 @@ def attach_server_times(views: list[View], records: list[dict]) -> dict[str, int
             view.server_cpu = sum(r["cpu"] for r in runs)
             view.server_runs = len(runs)
     return {"sessions_mapped": sum(c != "trainer" for c in client_of.values())}
+
+
+def profile_summary(folder: Path, top: int = 14) -> dict[str, list[tuple[str, int, float, float]]]:
+    """Per page, the functions of this project (and Streamlit's image and chart marshalling) with
+    the most cumulative time over all its script runs' cProfile files: (name, calls, cumulative s,
+    own s)."""
+    import pstats
+
+    keep = ("app_pages/", "cifar_core/", "app_state.py", "streamlit/elements/image", "image_utils",
+            "streamlit/elements/plotly_chart", "streamlit/elements/lib/image", "plotly/io/_json",
+            "PIL/Image.py", "PIL/JpegImagePlugin", "PIL/PngImagePlugin")
+    pages: dict[str, list[Path]] = {}
+    for path in folder.glob("*.prof"):
+        pages.setdefault(path.name.split("-", 1)[0], []).append(path)
+    out = {}
+    for page, files in sorted(pages.items()):
+        stats = pstats.Stats(*map(str, files)).stats  # type: ignore[attr-defined]
+        rows = [(f"{Path(file).name}:{line} {func}", nc, ct, tt)
+                for (file, line, func), (_cc, nc, tt, ct, _callers) in stats.items()
+                if any(k in file for k in keep) and func != "<module>"]
+        rows.sort(key=lambda r: -r[2])
+        out[page] = [("script runs", len(files), 0.0, 0.0), *rows[:top]]
+    return out
 
 
 # --- the table ------------------------------------------------------------------------------
@@ -392,9 +432,14 @@ def main(argv: list[str] | None = None) -> int:
             sampler = MemorySampler(pid)
             sampler.start()
             cpu_before = proc_cpu_seconds(pid)
+            threads_before = thread_cpu_seconds(pid)
             views, info = asyncio.run(run_sessions(url, args.sessions, args.rounds, photo, args.timeout,
                                                    args.seed))
             info["server_cpu_seconds"] = proc_cpu_seconds(pid) - cpu_before
+            # The busiest thread is the training job's (it runs from before the walk to after it).
+            after = thread_cpu_seconds(pid)
+            busy = sorted((cpu - threads_before.get(tid, 0.0) for tid, cpu in after.items()), reverse=True)
+            info["busiest_threads_cpu_seconds"] = [round(x, 1) for x in busy[:4]]
             info["load_average"] = [round(x, 1) for x in os.getloadavg()]
             info["peak_rss_mb"] = proc_status_mb(pid, "VmHWM")
             sampler.done.set()
@@ -412,11 +457,20 @@ def main(argv: list[str] | None = None) -> int:
           f"over a {info['walk_seconds']:.0f} s walk; {info['script_runs']} script runs "
           f"{info['script_outcomes']}; sessions matched to the log: "
           f"{info['sessions_mapped']}/{args.sessions}; load average {info['load_average']}")
+    print(f"server threads with the most CPU during the walk (s): {info['busiest_threads_cpu_seconds']} "
+          f"(the first is the training job)")
     print(f"training: {info['training_at_start']!r} at the start, {info['training_at_end']!r} at the end")
     print(f"photo: {photo[0]}, {len(photo[1]) / 1e6:.1f} MB")
     failed = [v for v in views if v.error]
     for v in failed[:10]:
         print(f"  failed: session {v.client} round {v.round} {v.page}: {v.error}")
+    if args.profile:
+        profiles = profile_summary(args.profile)
+        for page, rows in profiles.items():
+            print(f"\nprofile, {page} ({rows[0][1]} script runs): calls, cumulative s, own s")
+            for name, calls, cumulative, own in rows[1:]:
+                print(f"  {name:<70} {calls:>7} {cumulative:>8.2f} {own:>8.2f}")
+        info["profile"] = profiles
     if args.out:
         args.out.write_text(json.dumps({
             "sessions": args.sessions, "rounds": args.rounds, "photo_bytes": len(photo[1]),
