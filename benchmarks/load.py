@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
 import random
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -58,7 +60,9 @@ from browser_util import CHROMIUM, LAUNCH_ARGS, VIEWPORT, AppPage, streamlit_ser
 WALK = ("Dataset", "Model", "Train", "Evaluate", "Predict", "Experiments")
 ROWS = ("Dataset", "Model", "Train", "Evaluate", "Predict", "Predict upload", "Experiments")
 PREDICTION = re.compile(r"^Prediction: \w+ \(\d+%\)$")
-QUIET_JS = """() => !document.querySelector('[data-testid="stStatusWidget"]')
+# The status widget shows only after a delay, so the app root's script state is checked too.
+QUIET_JS = """() => document.querySelector('[data-testid="stApp"]')?.dataset.testScriptState === 'notRunning'
+                  && !document.querySelector('[data-testid="stStatusWidget"]')
                   && !document.querySelector('[data-testid="stSpinner"]')
                   && !document.querySelector('[data-testid="stSkeleton"]')
                   && Array.from(document.images).every(img => img.complete)"""
@@ -244,12 +248,12 @@ async def walk(s: Session, url: str, rounds: int, photo: tuple[str, bytes], view
             view = await timed(s, views, rnd, page_name, action,
                                lambda p=page_name: wait_ready(s, p), timeout)
             if view.error and "page shows" not in view.error:
-                # Start the next view from a fresh load of this page.
-                try:
-                    await page.goto(f"{url}/{page_name.lower()}" if page_name != "Dataset" else url,
-                                    timeout=timeout * 1000)
-                except Exception:  # noqa: BLE001
-                    pass
+                # Given up on, like a visitor who clicks on: the next sidebar click interrupts the
+                # script. Only when there is no sidebar to click, load the app again (same tag).
+                nav = page.locator('[data-testid="stSidebarNav"]')
+                if not await nav.count():
+                    with contextlib.suppress(Exception):
+                        await page.goto(f"{url}/?client={s.client}", timeout=timeout * 1000)
                 continue
             if page_name == "Predict":
                 uploader = page.locator('.st-key-p-files input[type="file"]')
@@ -318,7 +322,11 @@ def read_timing(path: Path) -> list[dict]:
 
 
 def attach_server_times(views: list[View], records: list[dict]) -> dict[str, int]:
-    """Sum the timing log's runs of each view's session that started within the view."""
+    """Sum the timing log's runs of each view's session from the view's start to the next view's.
+
+    A view that failed (the browser gave up) keeps the server time spent on it until the
+    session clicked on, which stops the script: a lower bound of what it would have taken.
+    """
     client_of: dict[str, str] = {}
     for r in records:
         client = parse_qs(r.get("query", "")).get("client", [None])[0]
@@ -328,14 +336,29 @@ def attach_server_times(views: list[View], records: list[dict]) -> dict[str, int
     for r in records:
         if r["session"] in client_of:
             by_client.setdefault(client_of[r["session"]], []).append(r)
+    per_client: dict[int, list[View]] = {}
     for view in views:
-        end = view.start + (view.quiet or view.visible or 0) + 0.05
-        runs = [r for r in by_client.get(str(view.client), []) if view.start - 0.05 <= r["t"] <= end]
-        if runs and view.error is None:
-            view.server = sum(r["seconds"] for r in runs)
-            view.server_cpu = sum(r["cpu"] for r in runs)
-            view.server_runs = len(runs)
+        per_client.setdefault(view.client, []).append(view)
+    for mine in per_client.values():
+        mine.sort(key=lambda v: v.start)
+        for view, following in zip(mine, [*mine[1:], None], strict=True):
+            end = following.start if following else float("inf")
+            runs = [r for r in by_client.get(str(view.client), [])
+                    if view.start - 0.05 <= r["t"] < end - 0.05]
+            if runs:
+                view.server = sum(r["seconds"] for r in runs)
+                view.server_cpu = sum(r["cpu"] for r in runs)
+                view.server_runs = len(runs)
     return {"sessions_mapped": sum(c != "trainer" for c in client_of.values())}
+
+
+def resummarize(path: Path) -> None:
+    """Print the table of a saved --out file again, with the server times attributed anew."""
+    saved = json.loads(path.read_text())
+    views = [View(**{k: v for k, v in view.items() if k not in ("server", "server_cpu", "server_runs")})
+             for view in saved["views"]]
+    attach_server_times(views, saved["server_runs"])
+    print_table(saved["sessions"], summarize(views))
 
 
 def profile_summary(folder: Path, top: int = 14) -> dict[str, list[tuple[str, int, float, float]]]:
@@ -416,7 +439,13 @@ def main(argv: list[str] | None = None) -> int:
                              "(CIFAR_TIMING_PROFILE; slows the server)")
     parser.add_argument("--out", type=Path, help="write every view and the summary as JSON here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--from-json", type=Path, help="only print the table of an earlier --out file")
     args = parser.parse_args(argv)
+    if args.from_json:
+        resummarize(args.from_json)
+        return 0
+    # Stopped from outside: end like Ctrl-C, so the browser and the server are shut down too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     photo = (args.photo.name, args.photo.read_bytes()) if args.photo else default_photo()
 
     with tempfile.TemporaryDirectory(prefix="cifar-load-") as tmp:
@@ -436,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             views, info = asyncio.run(run_sessions(url, args.sessions, args.rounds, photo, args.timeout,
                                                    args.seed))
             info["server_cpu_seconds"] = proc_cpu_seconds(pid) - cpu_before
-            # The busiest thread is the training job's (it runs from before the walk to after it).
+            # Threads alive at the end: the training job's, the web server's event loop, ...; the
+            # script threads have ended, so their CPU is what the total has beyond these.
             after = thread_cpu_seconds(pid)
             busy = sorted((cpu - threads_before.get(tid, 0.0) for tid, cpu in after.items()), reverse=True)
             info["busiest_threads_cpu_seconds"] = [round(x, 1) for x in busy[:4]]
@@ -457,8 +487,8 @@ def main(argv: list[str] | None = None) -> int:
           f"over a {info['walk_seconds']:.0f} s walk; {info['script_runs']} script runs "
           f"{info['script_outcomes']}; sessions matched to the log: "
           f"{info['sessions_mapped']}/{args.sessions}; load average {info['load_average']}")
-    print(f"server threads with the most CPU during the walk (s): {info['busiest_threads_cpu_seconds']} "
-          f"(the first is the training job)")
+    print(f"CPU seconds of the busiest server threads still alive at the end (training job, event "
+          f"loop, ...): {info['busiest_threads_cpu_seconds']}")
     print(f"training: {info['training_at_start']!r} at the start, {info['training_at_end']!r} at the end")
     print(f"photo: {photo[0]}, {len(photo[1]) / 1e6:.1f} MB")
     failed = [v for v in views if v.error]
