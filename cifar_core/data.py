@@ -379,12 +379,23 @@ class _CappedGzip(gzip.GzipFile):
         return super().seek(offset, whence)
 
 
+def _member_path(name: str) -> str:
+    """A member's name without the leading ``./`` that ``tar czf x.tar.gz ./folder`` writes.
+
+    Only that prefix goes; whatever follows is judged as usual, so ``./cifar-10-batches-py/../x``
+    still has more than two parts and is skipped.
+    """
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
 def read_archive(archive: Path | bytes) -> dict[str, bytes]:
     """The batch files inside a ``cifar-10-python.tar.gz``, read into memory.
 
-    Only regular files named ``cifar-10-batches-py/<batch>`` are read, each capped in
-    size; links, devices, absolute or ``..`` paths are never touched, and nothing is
-    written to disk.
+    Only regular files named ``cifar-10-batches-py/<batch>`` (or ``./cifar-10-batches-py/<batch>``)
+    are read, each capped in size; links, devices, absolute or ``..`` paths are never
+    touched, and nothing is written to disk.
     """
     what = "archive" if isinstance(archive, bytes) else str(archive)
     size = len(archive) if isinstance(archive, bytes) else archive.stat().st_size
@@ -398,7 +409,7 @@ def read_archive(archive: Path | bytes) -> dict[str, bytes]:
             for count, member in enumerate(tar, 1):
                 if count > MAX_MEMBERS:
                     raise DataError(f"{what}: more than {MAX_MEMBERS} entries, not CIFAR-10")
-                parts = member.name.split("/")
+                parts = _member_path(member.name).split("/")
                 if len(parts) != 2 or parts[0] != FOLDER_NAME or parts[1] not in BATCH_FILES:
                     continue
                 if not member.isreg():

@@ -11,7 +11,8 @@
 
 Every file is written to a temporary name in the same folder and renamed over the old
 one, so a crash at any instant leaves the previous complete state readable. A run whose
-metrics say ``running`` but whose process is gone is reported as ``interrupted``.
+metrics say ``running`` but whose process is gone is reported as ``interrupted``; so is one
+whose process lives on (the app) but whose writer ended without being able to record that.
 
 The checkpoint is written last in each epoch, so the other files are at most one epoch
 ahead of it; a resume cuts them back to it. It holds only tensors, dicts, lists,
@@ -30,6 +31,7 @@ import os
 import pickle
 import socket
 import tempfile
+import threading
 import time
 import zipfile
 from dataclasses import asdict, dataclass, replace
@@ -152,6 +154,17 @@ def history_csv(history: list[EpochRecord]) -> bytes:
     return out.getvalue().encode()
 
 
+# Run folders whose writer in this process ended without recording it on disk (the last
+# write failed: disk full, folder gone). Their metrics.json still says "running" under this
+# live process's pid; without this set they would show as running until a restart.
+_ended_unrecorded: set[Path] = set()
+_ended_lock = threading.Lock()
+
+
+def _folder_key(path: Path) -> Path:
+    return Path(path).resolve()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -181,6 +194,8 @@ class RunWriter:
         self._write_metrics()
         self.confusions: list[np.ndarray] = []
         self.grad_norms: list[dict[str, float]] = []
+        with _ended_lock:
+            _ended_unrecorded.discard(_folder_key(self.path))
 
     @classmethod
     def reopen(cls, run: Run, state: TrainingState) -> RunWriter:
@@ -195,6 +210,8 @@ class RunWriter:
         writer.metrics = RunMetrics(pid=os.getpid(), host=socket.gethostname())
         writer.confusions = list(confusions[:epochs]) if confusions is not None else []
         writer.grad_norms = [row for row in run.grad_norms() if row["epoch"] <= epochs]
+        with _ended_lock:  # running again in this process
+            _ended_unrecorded.discard(_folder_key(run.path))
         if not epochs:
             for name in (WEIGHTS_FILE, CONFUSION_FILE, GRAD_NORMS_FILE, HISTORY_FILE):
                 (writer.path / name).unlink(missing_ok=True)
@@ -250,7 +267,13 @@ class RunWriter:
     def finish(self, status: str, **figures: object) -> None:
         """The last word on the run: its status and final figures (RunMetrics fields)."""
         self.metrics = replace(self.metrics, status=status, pid=None, **figures)
-        self._write_metrics()
+        try:
+            self._write_metrics()
+        except RunError:
+            # The run has ended all the same: say so in this process, where the pid still lives.
+            with _ended_lock:
+                _ended_unrecorded.add(_folder_key(self.path))
+            raise
 
     def save_weights(self, state: dict[str, torch.Tensor]) -> None:
         self._write(WEIGHTS_FILE, save_weights_bytes(state))
@@ -371,6 +394,10 @@ class Run:
             same_host = self.metrics.host == socket.gethostname()
             if not (same_host and pid is not None and _pid_alive(pid)):
                 return "interrupted"
+            if pid == os.getpid():
+                with _ended_lock:
+                    if _folder_key(self.path) in _ended_unrecorded:
+                        return "interrupted"
         return status
 
     @property

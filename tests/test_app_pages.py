@@ -268,3 +268,21 @@ def test_predict_page_random_test_images(cifar_env: Path, trained_runs_dir: Path
     at.button(key="predict.shuffle").click().run()
     assert_ok(at)
     assert at.session_state["predict.seed"] == 1
+
+
+def test_every_script_run_is_timed_on_the_server(cifar_env: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    log = tmp_path / "timing.jsonl"
+    monkeypatch.setenv("CIFAR_TIMING_LOG", str(log))
+    with caplog.at_level("INFO", logger="cifar_lab.timing"):
+        at = open_page("app_pages/model.py")
+        at.switch_page("app_pages/experiments.py")
+        at.run()
+    assert_ok(at)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["page"] for r in records] == ["Dataset", "Model", "Experiments"]
+    assert len({r["session"] for r in records}) == 1 and records[0]["session"]
+    assert all(r["outcome"] == "ok" and 0 < r["seconds"] < 60 and r["cpu"] >= 0 for r in records)
+    assert [r.getMessage().split(" session")[0] for r in caplog.records
+            if r.name == "cifar_lab.timing"] == ["page Dataset", "page Model", "page Experiments"]
