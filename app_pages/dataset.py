@@ -244,10 +244,9 @@ def draw_without_data(error: DataError | None) -> None:
                 icon=":material/downloading:")
         app_state.draw_download_progress()
     else:
-        failed = f" The automatic download failed: {status.error}" if status.state == "failed" else ""
+        failed = " The automatic download failed (offline?)." if status.state == "failed" else ""
         st.warning(f"No usable CIFAR-10 yet on this server.{failed}", icon=":material/cloud_off:")
-        if error is not None and status.state != "failed":
-            st.caption(str(error))
+        st.caption(status.error if status.state == "failed" else str(error or ""))
     st.markdown(WORKS_WITHOUT_DATA)
     draw_data_panel()
 

@@ -183,7 +183,7 @@ def watch_traffic(page, traffic: Traffic) -> None:
         ws.on("framereceived", on_frame)
 
     async def on_response(response) -> None:
-        if "/media/" in response.url:
+        if "/media/" in response.url and "/static/" not in response.url:  # not the app's fonts
             traffic.media_files += 1
             try:
                 traffic.media_bytes += int(response.headers.get("content-length") or 0) \

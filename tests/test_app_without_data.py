@@ -39,8 +39,8 @@ def test_landing_page_offline_says_what_works_and_how_to_get_the_data(
     app_state.downloader().wait(30)
     at.run()
     assert_ok(at)
-    warning = at.warning[0].value
-    assert "No usable CIFAR-10 yet" in warning and "download failed" in warning
+    assert "No usable CIFAR-10 yet" in at.warning[0].value
+    assert "download failed" in at.warning[0].value + " ".join(c.value for c in at.caption)
     text = texts(at)
     for page in ("**Model**", "**Predict**", "**Evaluate**", "**Experiments**"):
         assert page in text
