@@ -7,19 +7,42 @@ in ``st.session_state``, so each visitor has their own and it survives moving be
 
 from __future__ import annotations
 
+import cProfile
+import itertools
+import json
+import logging
 import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import streamlit as st
+import torch
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from cifar_core.bundled import bundled_runs
 from cifar_core.config import ModelConfig, TrainConfig, get_preset
-from cifar_core.data import CifarData, DataError, load_cifar10
+from cifar_core.data import (
+    ARCHIVE_MD5,
+    ARCHIVE_URL,
+    BackgroundDownload,
+    CifarData,
+    DataError,
+    DownloadStatus,
+    candidate_dirs,
+    load_cifar10,
+    locate,
+)
 from cifar_core.deployment import current_profile
-from cifar_core.evaluation import Evaluation, EvaluationStore, evaluate
-from cifar_core.jobs import get_registry
+from cifar_core.evaluation import Evaluation, evaluate
+from cifar_core.jobs import get_registry, use_page_threads
 from cifar_core.model import CifarCNN
-from cifar_core.runs import Run, list_runs, load_run
+from cifar_core.runs import Run, default_run, list_runs, load_run
+from cifar_core.shared import SharedCache
 
+ProgressFn = Callable[[int, int], None]
 DEFAULT_PRESET = "baseline"
 TRAIN_JOB_KEY = "train.job_id"  # this session's job on the Train page
 
@@ -33,26 +56,93 @@ def data_dir() -> str | None:
     return os.environ.get("CIFAR10_DIR")
 
 
-def get_data() -> CifarData | None:
-    """The dataset, or None (with an explanation drawn on the page) when it is not there yet."""
-    try:
-        return _load(data_dir())
-    except DataError as err:
-        st.warning(f"{err}. Open the **Dataset** page to download or upload it.")
-        return None
+def install_folder() -> Path:
+    """The folder the app reads from, where a downloaded or uploaded archive is installed."""
+    path = candidate_dirs(data_dir())[0]
+    return path.parent if path.is_file() else path
+
+
+def get_data(what: str = "This part of the page") -> CifarData | None:
+    """The dataset, or None when it is not there yet, with a note drawn on the page: the
+    download's progress while it runs (the page reloads itself when it is done), or what
+    ``what`` needs and where to get it."""
+    data, err = load_data()
+    if data is None:
+        draw_data_missing(what, err)
+    return data
 
 
 def load_data() -> tuple[CifarData | None, DataError | None]:
-    """(dataset, None), or (None, the reason it could not be read); draws nothing."""
+    """(dataset, None), or (None, the reason it could not be read); draws nothing. Starts the
+    download in the background when there is nothing to read yet (see ``downloader``)."""
     try:
         return _load(data_dir()), None
     except DataError as err:
+        if locate(data_dir()) is None:
+            start_download()
         return None, err
 
 
 def reload_data() -> None:
     """Forget the cached dataset, after a download or upload put a new one in place."""
     _load.clear()
+
+
+# --- the download in the background, one for every session ---------------------------
+
+def auto_download() -> bool:
+    """Whether the app fetches the dataset by itself when it finds none (CIFAR_AUTO_DOWNLOAD=0: no)."""
+    return os.environ.get("CIFAR_AUTO_DOWNLOAD", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@st.cache_resource
+def _downloader(folder: str, url: str, md5: str) -> BackgroundDownload:
+    return BackgroundDownload(Path(folder), url, md5)
+
+
+def downloader() -> BackgroundDownload:
+    """The process's one download of the archive into the data folder. CIFAR10_URL and
+    CIFAR10_MD5 name a mirror (or a local file:// copy) and its checksum."""
+    return _downloader(str(install_folder()), os.environ.get("CIFAR10_URL") or ARCHIVE_URL,
+                       os.environ.get("CIFAR10_MD5") or ARCHIVE_MD5)
+
+
+def start_download(explicit: bool = False) -> DownloadStatus:
+    """Start the background download (by itself only once: a failed one waits for a click)."""
+    fetch = downloader()
+    status = fetch.status()
+    if explicit or (status.state == "idle" and auto_download()):
+        fetch.start()
+    return fetch.status()
+
+
+def draw_data_missing(what: str, err: DataError | None = None) -> None:
+    """In place of a part that needs the images: the download's progress, or how to get them."""
+    status = downloader().status()
+    if status.active or status.state == "done":
+        draw_download_progress()
+        return
+    reason = f" The download failed: {status.error}" if status.state == "failed" else ""
+    st.info(f"{what} needs the CIFAR-10 images, which are not on this server yet.{reason} "
+            "Open the **Dataset** page to download or upload them.", icon=":material/cloud_off:")
+
+
+@st.fragment(run_every=1.0)
+def draw_download_progress() -> None:
+    """The shared download's progress bar, refreshed every second; when the data is in
+    place, the whole page runs again with it."""
+    status = downloader().status()
+    if status.state in ("done", "failed"):
+        reload_data()
+        st.rerun(scope="app")  # with the data, or with the reason it failed
+    if status.state == "checking":
+        st.progress(1.0, text="Downloaded; checking every batch of CIFAR-10...")
+    elif status.active:
+        size = f" of {status.total / 2**20:.0f} MB" if status.total else ""
+        st.progress(status.share, text=f"Downloading CIFAR-10 for everyone on this server: "
+                                       f"{status.done / 2**20:.0f}{size}")
+    elif status.state == "failed":
+        st.error(f"The download failed: {status.error}")
 
 
 def get_config() -> tuple[str, ModelConfig, TrainConfig]:
@@ -95,34 +185,77 @@ CACHED_EVALUATIONS = 8
 
 
 @st.cache_resource
-def _evaluations() -> EvaluationStore:
-    # An evaluation of the test set takes seconds on a CPU and is the same for everyone. A
-    # plain store rather than st.cache_data because the progress bar must be drawn while
-    # the computation runs.
-    return EvaluationStore(CACHED_EVALUATIONS)
+def _evaluations() -> SharedCache[Evaluation]:
+    # An evaluation of the test set takes seconds to a minute on a CPU and is the same for
+    # everyone: computed once, with every visitor who asks meanwhile waiting on that one.
+    return SharedCache(CACHED_EVALUATIONS, worker_setup=use_page_threads)
 
 
-def evaluation(run: Run, split: str, data: CifarData) -> Evaluation:
-    """The run's predictions on a split, computed once per run, split and weights (with a
-    progress bar while it is computed)."""
+def stored_evaluation(run: Run) -> Evaluation | None:
+    """The test predictions shipped with a run (the bundled models), read once per process."""
+    key = ("stored", str(run.path), run.weights_mtime())
+    store = _evaluations()
+    found = store.get(key)
+    if found is None and (found := run.stored_test_predictions()) is not None:
+        store.put(key, found)
+    return found
+
+
+def evaluation(run: Run, split: str, data: CifarData | None) -> Evaluation | None:
+    """The run's predictions on a split: the stored ones where they fit (with or without the
+    data), else computed once per run, split and weights for all sessions, with a progress
+    bar while that runs. None without data and without stored predictions."""
+    stored = stored_evaluation(run) if split == "test" else None
+    if stored is not None and (data is None or np.array_equal(stored.labels, data.y_test)):
+        return stored
+    if data is None:
+        return None
     images, labels = data.split(split)
     key = (str(run.path), split, run.weights_mtime(), str(data.source), len(labels))
     store = _evaluations()
-    found = store.get(key)
-    if found is not None:
+    if (found := store.get(key)) is not None:
         return found
     what = f"{SPLIT_NAMES[split]} images"
-    bar = st.progress(0.0, text=f"Classifying {len(labels):,} {what}...")
+    bar = st.progress(0.0, text=f"Classifying {len(labels):,} {what} (once for everyone)...")
 
     def progress(done: int, total: int) -> None:
-        bar.progress(done / total, text=f"Classifying {what}: {done:,} / {total:,}")
+        if total:
+            bar.progress(done / total, text=f"Classifying {what}: {done:,} / {total:,}")
 
-    cfg = run.train_config
-    result = evaluate(load_model(run), images, labels, data.classes, precision=cfg.precision,
-                      tta_flip=cfg.tta_flip, progress=progress)
+    def compute(report: ProgressFn) -> Evaluation:
+        cfg = run.train_config
+        return evaluate(load_model(run), images, labels, data.classes, precision=cfg.precision,
+                        tta_flip=cfg.tta_flip, progress=report)
+
+    result = store.get_or_compute(key, compute, on_progress=progress)
     bar.empty()
-    store.put(key, result)
     return result
+
+
+def images_for(result: Evaluation, split: str, data: CifarData | None) -> np.ndarray | None:
+    """The split's images behind ``result``, when the data on disk is the one it was made on."""
+    if data is None:
+        return None
+    images, labels = data.split(split)
+    return images if np.array_equal(labels, result.labels) else None
+
+
+# --- which run a page opens on ----------------------------------------------------------
+
+def preselect_run(page: str, runs: list[Run]) -> None:
+    """Put the default run in the ``<page>.run`` selector: the run this session's job has
+    just finished (once, whatever was chosen before), else keep the visitor's own choice,
+    else the most accurate finished run (cifar_core.runs.default_run)."""
+    key, seen = f"{page}.run", f"{page}.last_trained"
+    by_path = {str(run.path): run for run in runs}
+    job_dir = last_trained_dir()
+    if job_dir in by_path and job_dir != st.session_state.get(seen):
+        st.session_state[key] = job_dir
+        st.session_state[seen] = job_dir
+    elif st.session_state.get(key) not in by_path:
+        chosen = default_run(runs)
+        if chosen is not None:
+            st.session_state[key] = str(chosen.path)
 
 
 def resume_job(run: Run, data: CifarData) -> str:
@@ -138,3 +271,68 @@ def last_trained_dir() -> str | None:
     job_id = st.session_state.get(TRAIN_JOB_KEY)
     snap = get_registry().snapshot(job_id) if job_id else None
     return str(snap.run_dir) if snap is not None and snap.run_dir and not snap.active else None
+
+
+# --- how long each script run takes on the server ------------------------------------------
+
+TIMING_LOG_ENV = "CIFAR_TIMING_LOG"  # a path: one JSON line per script run is appended there
+TIMING_PROFILE_ENV = "CIFAR_TIMING_PROFILE"  # a folder: a cProfile of every script run lands there
+timing_log = logging.getLogger("cifar_lab.timing")
+_timing_lock = threading.Lock()
+_profile_numbers = itertools.count(1)
+# How a script run ended, by the name of what page.run() raised; "ok" when it returned.
+_OUTCOMES = {"RerunException": "rerun", "StopException": "stopped"}
+
+
+def run_page(page: st.Page) -> None:
+    """Run the navigation's page (``st.navigation(...)``'s result) and time it on the server.
+
+    Every script run is logged to ``cifar_lab.timing`` (page, session, wall and CPU
+    seconds, how it ended) and, with ``CIFAR_TIMING_LOG`` set, appended to that file as a
+    JSON line for benchmarks/load.py (with torch's thread count in this script thread).
+    Fragment reruns (the Train page's live view) run only their fragment, not the page, so
+    they are not in it.
+    """
+    # Each script run is a new thread: give it the cores training leaves free, not the one
+    # thread a training job set process-wide.
+    use_page_threads()
+    ctx = get_script_run_ctx()
+    profile_dir = os.environ.get(TIMING_PROFILE_ENV)
+    profiler = cProfile.Profile() if profile_dir else None  # this thread only (Python 3.11)
+    started, wall, cpu = time.time(), time.perf_counter(), time.thread_time()
+    outcome = "error"
+    try:
+        if profiler is not None:
+            profiler.enable()
+        page.run()
+        outcome = "ok"
+    except BaseException as err:
+        outcome = _OUTCOMES.get(type(err).__name__, "error")
+        raise
+    finally:
+        if profiler is not None:
+            profiler.disable()
+        record = {"t": round(started, 3), "page": page.title,
+                  "session": ctx.session_id if ctx else None,
+                  "seconds": round(time.perf_counter() - wall, 4),
+                  "cpu": round(time.thread_time() - cpu, 4), "outcome": outcome,
+                  "threads": torch.get_num_threads()}
+        if ctx is not None and ctx.query_string:
+            record["query"] = ctx.query_string
+        _record_timing(record, profiler, profile_dir)
+
+
+def _record_timing(record: dict, profiler: cProfile.Profile | None, profile_dir: str | None) -> None:
+    timing_log.info("page %s session %s: %.3f s (%.3f s CPU, %s)", record["page"], record["session"],
+                    record["seconds"], record["cpu"], record["outcome"])
+    path = os.environ.get(TIMING_LOG_ENV)
+    try:
+        if profiler is not None and profile_dir:
+            name = f"{record['page']}-{record['session']}-{next(_profile_numbers)}.prof"
+            profiler.dump_stats(os.path.join(profile_dir, name.replace("/", "_")))
+            record["profile"] = name
+        if path:
+            with _timing_lock, open(path, "a", encoding="utf-8") as out:
+                out.write(json.dumps(record) + "\n")
+    except OSError as err:  # a measurement must never break the page
+        timing_log.warning("cannot write timing to %s: %s", path or profile_dir, err)

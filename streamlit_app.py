@@ -2,12 +2,14 @@
 
 import streamlit as st
 
+import app_state
+
 st.set_page_config(page_title="CIFAR-10 CNN Lab", page_icon=":material/science:", layout="wide")
-st.navigation([
+app_state.run_page(st.navigation([
     st.Page("app_pages/dataset.py", title="Dataset", icon=":material/photo_library:", default=True),
     st.Page("app_pages/model.py", title="Model", icon=":material/account_tree:"),
     st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("app_pages/evaluate.py", title="Evaluate", icon=":material/grid_on:"),
     st.Page("app_pages/predict.py", title="Predict", icon=":material/image_search:"),
     st.Page("app_pages/experiments.py", title="Experiments", icon=":material/science:"),
-]).run()
+]))

@@ -17,8 +17,6 @@ from cifar_core.data import (
     CifarData,
     DataError,
     as_presented_images,
-    candidate_dirs,
-    download_archive,
     install_archive,
 )
 from cifar_core.model import CIFAR_MEAN, CIFAR_STD
@@ -38,36 +36,12 @@ AUGMENTATION_NOTES = {
 
 # --- getting the data -------------------------------------------------------------
 
-def install_folder() -> Path:
-    """The folder the app reads from, where a downloaded or uploaded archive is installed."""
-    path = candidate_dirs(app_state.data_dir())[0]
-    return path.parent if path.is_file() else path
-
-
 def installed(message: str) -> None:
     """Drop the cached (missing or old) dataset and start the page again with the new one."""
     app_state.reload_data()
     pixel_histograms.clear()  # keyed on the folder, which may now hold different images
     st.session_state["dataset.installed"] = message
     st.rerun()
-
-
-def download_and_install(folder: Path) -> None:
-    bar = st.progress(0.0, text="Connecting...")
-
-    def progress(done: int, total: int) -> None:
-        share = min(done / total, 1.0) if total else 0.0
-        bar.progress(share, text=f"Downloaded {done / 2**20:.0f} of {total / 2**20:.0f} MB")
-
-    try:
-        archive = download_archive(folder, progress)
-        bar.progress(1.0, text="Checking every batch in the archive...")
-        install_archive(archive, folder)
-    except DataError as err:
-        bar.empty()
-        st.error(str(err))
-        return
-    installed(f"Downloaded and installed CIFAR-10 in {folder}.")
 
 
 def install_upload(raw: bytes, folder: Path) -> None:
@@ -81,7 +55,7 @@ def install_upload(raw: bytes, folder: Path) -> None:
 
 
 def draw_data_panel() -> None:
-    folder = install_folder()
+    folder = app_state.install_folder()
     st.markdown(
         f"The app reads CIFAR-10 from **`{folder}`** (the `CIFAR10_DIR` environment variable, "
         f"or `./data` when it is not set). It needs the *python version* of the dataset: "
@@ -91,8 +65,15 @@ def draw_data_panel() -> None:
     left, right = st.columns(2, gap="large")
     with left:
         st.markdown("**Download it from the University of Toronto**")
-        if st.button("Download CIFAR-10 (163 MB)", icon=":material/download:", key="dataset.download"):
-            download_and_install(folder)
+        status = app_state.downloader().status()
+        # One download for the whole server: the button starts it (again, after a failure);
+        # every page that needs the data shows its progress.
+        if st.button("Download CIFAR-10 (163 MB)", icon=":material/download:", key="dataset.download",
+                     disabled=status.active):
+            app_state.start_download(explicit=True)
+            st.rerun()
+        if status.active:
+            app_state.draw_download_progress()
     with right:
         upload = st.file_uploader(f"Or upload {ARCHIVE_NAME}", type=["gz", "tgz"], key="dataset.upload")
         if upload is not None and st.button("Check and install", icon=":material/inventory:",
@@ -141,7 +122,7 @@ def draw_image_grid(data: CifarData) -> None:
         label, row = st.columns([1, 9], vertical_alignment="center")
         label.markdown(f"**{name}**")
         if len(index):
-            row.image(figures.image_row(images[index], scale=3))
+            row.image(figures.image_row(images[index], scale=3), output_format="PNG")
     st.caption("Enlarged by repeating pixels rather than smoothing them, so you see what the "
                "network sees: 32 × 32 pixels.")
 
@@ -195,8 +176,8 @@ def draw_augmentation(data: CifarData) -> None:
     head_augmented.caption("six random versions the network could be shown instead")
     for image, copies in zip(images, versions, strict=True):
         original, augmented = st.columns([1, 6])
-        original.image(figures.upscale(image, 3))
-        augmented.image(figures.image_row(copies, scale=3, gap=6))
+        original.image(figures.upscale(image, 3), output_format="PNG")
+        augmented.image(figures.image_row(copies, scale=3, gap=6), output_format="PNG")
     st.caption(
         "Augmentation is applied afresh every time an image is drawn for training, so over "
         "many epochs the network never sees quite the same picture twice. It learns that a "
@@ -218,9 +199,9 @@ def draw_channel_order(data: CifarData) -> None:
     correct = data.x_train[pick]
     scrambled = as_presented_images(correct)
     st.markdown("**Read correctly**")
-    st.image(figures.image_row(correct, scale=4, gap=6))
+    st.image(figures.image_row(correct, scale=4, gap=6), output_format="PNG")
     st.markdown("**Read as in the presentation**: the same rows, the same numbers")
-    st.image(figures.image_row(scrambled, scale=4, gap=6))
+    st.image(figures.image_row(scrambled, scale=4, gap=6), output_format="PNG")
     st.caption(
         "In the scrambled version the top third holds only red values, the middle third green "
         "and the bottom third blue, each squeezed into three small copies side by side: a "
@@ -240,22 +221,46 @@ st.caption("CIFAR-10: 60,000 small colour photos in 10 classes, collected by Ale
 if message := st.session_state.pop("dataset.installed", None):
     st.success(message)
 
+WORKS_WITHOUT_DATA = """
+**What works now, without the images:**
+- **Model**: every setting of the network, its layer table and parameter count.
+- **Predict**: your own photos, classified by the bundled models.
+- **Evaluate**: the bundled models' results on the test set (confusion matrix, scores per class).
+- **Experiments**: the presentation's claims, measured on the real data.
+
+Training, this page's pictures, random test images and the mistakes gallery need CIFAR-10.
+"""
+SECTIONS = ["Classes", "Images", "Pixel statistics", "Augmentation", "Channel-order mistake"]
+DRAW_SECTION = {"Classes": draw_class_counts, "Images": draw_image_grid,
+                "Pixel statistics": draw_pixel_statistics, "Augmentation": draw_augmentation,
+                "Channel-order mistake": draw_channel_order}
+
+
+def draw_without_data(error: DataError | None) -> None:
+    status = app_state.downloader().status()
+    if status.active:
+        st.info("CIFAR-10 is being downloaded for everyone on this server (163 MB, checked "
+                "before it is used); this page fills in by itself when it is there.",
+                icon=":material/downloading:")
+        app_state.draw_download_progress()
+    else:
+        failed = " The automatic download failed (offline?)." if status.state == "failed" else ""
+        st.warning(f"No usable CIFAR-10 yet on this server.{failed}", icon=":material/cloud_off:")
+        st.caption(status.error if status.state == "failed" else str(error or ""))
+    st.markdown(WORKS_WITHOUT_DATA)
+    draw_data_panel()
+
+
 data, error = app_state.load_data()
 if data is None:
-    st.warning(f"No usable CIFAR-10 yet. {error}")
-    draw_data_panel()
+    draw_without_data(error)
 else:
     with st.expander(f"Data source: `{data.source}`", icon=":material/folder:"):
         draw_data_panel()
     draw_overview(data)
-    tabs = st.tabs(["Classes", "Images", "Pixel statistics", "Augmentation", "Channel-order mistake"])
-    with tabs[0]:
-        draw_class_counts(data)
-    with tabs[1]:
-        draw_image_grid(data)
-    with tabs[2]:
-        draw_pixel_statistics(data)
-    with tabs[3]:
-        draw_augmentation(data)
-    with tabs[4]:
-        draw_channel_order(data)
+    # Only the open tab is drawn: all five together sent 26 pictures (1.9 MB) every view.
+    for name, tab in zip(SECTIONS, st.tabs(SECTIONS, key="dataset.section", on_change="rerun"),
+                         strict=True):
+        if tab.open:
+            with tab:
+                DRAW_SECTION[name](data)

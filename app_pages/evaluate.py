@@ -62,17 +62,11 @@ HELP_COMPARE = (
 
 def draw_run_choice(runs: list[Run]) -> Run:
     by_path = {str(run.path): run for run in runs}
-    latest = st.session_state.get("evaluate.last_trained")
-    job_dir = app_state.last_trained_dir()
-    if job_dir in by_path and job_dir != latest:
-        # A run this session just trained: show it, once, instead of the old choice.
-        st.session_state["evaluate.run"] = job_dir
-        st.session_state["evaluate.last_trained"] = job_dir
-    if st.session_state.get("evaluate.run") not in by_path:
-        st.session_state.pop("evaluate.run", None)
+    app_state.preselect_run("evaluate", runs)
     path = st.selectbox("Run", list(by_path), format_func=lambda p: by_path[p].label,
                         key="evaluate.run", help="Finished, stopped and interrupted runs that have "
-                        "saved weights, newest first, then the pretrained models shipped with the app.")
+                        "saved weights, newest first, then the pretrained models shipped with the app. "
+                        "It opens on the most accurate, or on the run you have just trained.")
     return by_path[path]
 
 
@@ -202,7 +196,7 @@ def draw_mistakes(result: Evaluation, images: np.ndarray) -> None:
         for column, row in zip(st.columns(GALLERY_COLUMNS), rows[start:start + GALLERY_COLUMNS],
                                strict=False):
             confidence = format_percent(row["confidence"], 0)
-            column.image(upscale(images[row["index"]], 3),
+            column.image(upscale(images[row["index"]], 3), output_format="PNG",
                          caption=f"{row['true']} → {row['predicted']} ({confidence})")
 
 
@@ -274,23 +268,35 @@ def draw_one_run() -> None:
                 "app. Train one first; even a quick run on a few thousand images will do.")
         st.page_link("app_pages/train.py", label="Go to the Train page", icon=":material/model_training:")
         return
-    data = app_state.get_data()
-    if data is None:
-        return
+    data, _ = app_state.load_data()  # not needed for a model that ships its test results
     left, right = st.columns([3, 1], vertical_alignment="bottom")
     with left:
         run = draw_run_choice(runs)
     split = right.radio("Images", list(SPLITS), format_func=SPLITS.get, index=1, horizontal=True,
                         key="evaluate.split", help=HELP_SPLIT)
+    if data is None and split == "val":
+        app_state.draw_data_missing("The validation set")
+        return
     try:
         result = app_state.evaluation(run, split, data)
     except (RunError, OSError, RuntimeError, ValueError) as err:
         # Weights from a different network shape, a file removed under us: say so, keep serving.
         st.error(f"Could not evaluate {run.name}: {err}")
         return
+    if result is None:
+        app_state.draw_data_missing(f"Evaluating {run.name}")
+        return
+    if data is None:
+        st.caption("From the test-set predictions stored with this model; the images themselves "
+                   "are not on this server yet.")
     draw_accuracy(result, run, split)
     draw_confusion(result, split)
-    draw_mistakes(result, data.split(split)[0])  # right under the matrix whose cells pick them
+    images = app_state.images_for(result, split, data)
+    if images is None:
+        st.subheader("Most confident mistakes")
+        app_state.draw_data_missing("The gallery of mistakes")
+    else:
+        draw_mistakes(result, images)  # right under the matrix whose cells pick them
     draw_per_class(result)
     draw_epochs(run, result.classes)
 
@@ -298,8 +304,11 @@ def draw_one_run() -> None:
 st.title("Evaluate")
 st.caption("How well a trained network does on images it never learned from: overall, class by "
            "class, and the mistakes it is surest about; and how runs compare.")
-tab_run, tab_compare = st.tabs(["One run", "Compare runs"])
-with tab_run:
-    draw_one_run()
-with tab_compare:
-    draw_comparison()
+# Only the open tab is drawn (the comparison reads every run folder).
+tab_run, tab_compare = st.tabs(["One run", "Compare runs"], key="evaluate.view", on_change="rerun")
+if tab_run.open:
+    with tab_run:
+        draw_one_run()
+if tab_compare.open:
+    with tab_compare:
+        draw_comparison()

@@ -65,7 +65,7 @@ st.caption(f"{len(experiment.arms)} runs of {epochs} epochs on {experiment.subse
            "one after another in the training queue.")
 if st.button("Rerun live", icon=":material/play_arrow:", disabled=bool(st.session_state.get(state_key)),
              key="experiments.rerun"):
-    data = get_data()
+    data = get_data("Rerunning an experiment")
     if data is not None:
         small = subset(data, experiment.subset, seed=0)
         try:
@@ -77,13 +77,25 @@ if st.button("Rerun live", icon=":material/play_arrow:", disabled=bool(st.sessio
             st.error(str(err))
 
 
-@st.fragment(run_every=2)
+def runs_active(job_ids: list[str]) -> bool:
+    registry = get_registry()
+    return any((snap := registry.snapshot(job_id)) is not None and snap.active for job_id in job_ids)
+
+
+# Polls only while this visitor's runs train: a poll every 2 s from every open tab was
+# most of this page's server time when nothing ran at all.
+polling = runs_active(st.session_state.get(state_key) or [])
+
+
+@st.fragment(run_every=2 if polling else None)
 def draw_live_progress() -> None:
     job_ids = st.session_state.get(state_key)
     if not job_ids:
         return
     registry = get_registry()
     snapshots = [registry.snapshot(job_id) for job_id in job_ids]
+    if polling and not any(s is not None and s.active for s in snapshots):
+        st.rerun(scope="app")  # all done: draw the results once more, without polling
     for arm, snap in zip(experiment.arms, snapshots):
         if snap is None:
             st.warning(f"{arm.label}: this run is no longer known to the server.")

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--save-predictions", action="store_true",
+                   help="store the test set's predictions in RUN_DIR (what bundled models ship with)")
 
     p = commands.add_parser("predict", help="classify image files (without RUN_DIR: the bundled model)")
     p.add_argument("paths", nargs="+", type=Path, metavar="[RUN_DIR] IMAGE")
@@ -190,10 +192,15 @@ def print_outcome(out: Path, metrics: RunMetrics) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     run = load_run(args.run_dir)
+    if args.save_predictions and args.split != "test":
+        raise UsageError("--save-predictions stores the test set's predictions; leave out --split")
     data = load_cifar10(args.data_dir)
     images, labels = data.split(args.split)
     result = evaluate(run.load_model(), images, labels, data.classes,
                       precision=run.train_config.precision, tta_flip=run.train_config.tta_flip)
+    if args.save_predictions:
+        saved = run.save_test_predictions(result)
+        print(f"saved {len(labels):,} test predictions to {saved}", file=sys.stderr)
     if args.json:
         print(json.dumps({"run": str(run.path), "split": args.split, "accuracy": result.accuracy,
                           "confusion_matrix": result.confusion().tolist(),

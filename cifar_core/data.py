@@ -27,11 +27,12 @@ import pickle
 import shutil
 import tarfile
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -250,7 +251,7 @@ def missing_message(path: Path) -> str:
 
 
 def download_archive(dest_dir: Path, progress: ProgressFn | None = None,
-                     url: str = ARCHIVE_URL, timeout: float = 15.0) -> Path:
+                     url: str = ARCHIVE_URL, timeout: float = 15.0, md5: str = ARCHIVE_MD5) -> Path:
     """Fetch the official archive into ``dest_dir`` and check its md5; returns its path."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / ARCHIVE_NAME
@@ -269,12 +270,89 @@ def download_archive(dest_dir: Path, progress: ProgressFn | None = None,
         except (urllib.error.URLError, OSError) as err:
             Path(tmp.name).unlink(missing_ok=True)
             raise DataError(f"download failed ({err}). {missing_message(dest_dir)}") from None
-    if digest.hexdigest() != ARCHIVE_MD5:
+    if digest.hexdigest() != md5:
         Path(tmp.name).unlink(missing_ok=True)
         raise DataError(f"downloaded archive has md5 {digest.hexdigest()}, "
-                        f"expected {ARCHIVE_MD5}; try again")
+                        f"expected {md5}; try again")
     os.replace(tmp.name, target)
     return target
+
+
+DownloadState = Literal["idle", "downloading", "checking", "done", "failed"]
+
+
+@dataclass(frozen=True)
+class DownloadStatus:
+    """Where a background download stands: bytes so far, and how it ended."""
+
+    state: DownloadState = "idle"
+    done: int = 0
+    total: int = 0
+    error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("downloading", "checking")
+
+    @property
+    def share(self) -> float:
+        return min(self.done / self.total, 1.0) if self.total else 0.0
+
+
+class BackgroundDownload:
+    """One download and install of the archive into ``folder`` for the whole process.
+
+    The app starts it when it finds no data, so the first visitor need not find a button
+    and wait, and every later visitor watches the same download instead of starting one.
+    It is ``download_archive`` (md5-checked, renamed into place only when complete) then
+    ``install_archive`` (every batch checked before the folder is renamed into place), in
+    a thread of its own; ``start`` again after a failure tries again.
+    """
+
+    def __init__(self, folder: Path, url: str = ARCHIVE_URL, md5: str = ARCHIVE_MD5,
+                 fetch: Callable[..., Path] | None = None) -> None:
+        self.folder, self.url, self.md5 = folder, url, md5
+        self._fetch = fetch or download_archive
+        self._lock = threading.Lock()
+        self._status = DownloadStatus()
+        self._thread: threading.Thread | None = None
+
+    def status(self) -> DownloadStatus:
+        with self._lock:
+            return self._status
+
+    def start(self) -> bool:
+        """Start unless a download is under way or done; True when this call started one."""
+        with self._lock:
+            if self._status.active or self._status.state == "done":
+                return False
+            self._status = DownloadStatus("downloading")
+            self._thread = threading.Thread(target=self._run, daemon=True, name="cifar-download")
+            self._thread.start()
+            return True
+
+    def wait(self, timeout: float | None = None) -> DownloadStatus:
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return self.status()
+
+    def _set(self, **changes: object) -> None:
+        with self._lock:
+            self._status = replace(self._status, **changes)
+
+    def _run(self) -> None:
+        try:
+            archive = self._fetch(self.folder, lambda done, total: self._set(done=done, total=total),
+                                  url=self.url, md5=self.md5)
+            self._set(state="checking")
+            install_archive(archive, self.folder)
+        except DataError as err:
+            self._set(state="failed", error=str(err))
+        except Exception as err:  # a thread must not die silently: the pages show the reason
+            self._set(state="failed", error=f"{type(err).__name__}: {err}")
+        else:
+            self._set(state="done")
 
 
 class _CappedGzip(gzip.GzipFile):
@@ -301,12 +379,23 @@ class _CappedGzip(gzip.GzipFile):
         return super().seek(offset, whence)
 
 
+def _member_path(name: str) -> str:
+    """A member's name without the leading ``./`` that ``tar czf x.tar.gz ./folder`` writes.
+
+    Only that prefix goes; whatever follows is judged as usual, so ``./cifar-10-batches-py/../x``
+    still has more than two parts and is skipped.
+    """
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
 def read_archive(archive: Path | bytes) -> dict[str, bytes]:
     """The batch files inside a ``cifar-10-python.tar.gz``, read into memory.
 
-    Only regular files named ``cifar-10-batches-py/<batch>`` are read, each capped in
-    size; links, devices, absolute or ``..`` paths are never touched, and nothing is
-    written to disk.
+    Only regular files named ``cifar-10-batches-py/<batch>`` (or ``./cifar-10-batches-py/<batch>``)
+    are read, each capped in size; links, devices, absolute or ``..`` paths are never
+    touched, and nothing is written to disk.
     """
     what = "archive" if isinstance(archive, bytes) else str(archive)
     size = len(archive) if isinstance(archive, bytes) else archive.stat().st_size
@@ -320,7 +409,7 @@ def read_archive(archive: Path | bytes) -> dict[str, bytes]:
             for count, member in enumerate(tar, 1):
                 if count > MAX_MEMBERS:
                     raise DataError(f"{what}: more than {MAX_MEMBERS} entries, not CIFAR-10")
-                parts = member.name.split("/")
+                parts = _member_path(member.name).split("/")
                 if len(parts) != 2 or parts[0] != FOLDER_NAME or parts[1] not in BATCH_FILES:
                     continue
                 if not member.isreg():

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
+import io
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,26 +76,35 @@ def matrix_accuracy(matrix: np.ndarray) -> float:
     return float(np.trace(matrix) / max(matrix.sum(), 1))
 
 
-class EvaluationStore:
-    """The most recently used evaluations by key, safe to share between threads (sessions)."""
+def predictions_bytes(result: Evaluation, weights_digest: str) -> bytes:
+    """A split's predictions, small enough to ship beside a model: probabilities in float16
+    (10,000 x 10 is 200 KB), true and predicted classes as uint8, and the digest of the
+    weights that made them, in one compressed .npz that loads without pickle."""
+    out = io.BytesIO()
+    np.savez_compressed(out, probabilities=result.probabilities.astype(np.float16),
+                        labels=result.labels.astype(np.uint8),
+                        predicted=result.predicted.astype(np.uint8),
+                        weights_sha256=np.array(weights_digest))
+    return out.getvalue()
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._lock = threading.Lock()
-        self._items: OrderedDict[Hashable, Evaluation] = OrderedDict()
 
-    def get(self, key: Hashable) -> Evaluation | None:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-            return self._items.get(key)
-
-    def put(self, key: Hashable, value: Evaluation) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+def read_predictions(raw: bytes, classes: tuple[str, ...], weights_digest: str) -> Evaluation | None:
+    """Stored predictions as an Evaluation, or None when they are unreadable, malformed or
+    were made by other weights (a model retrained since) than those of ``weights_digest``."""
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as stored:
+            if str(stored["weights_sha256"]) != weights_digest:
+                return None
+            probabilities = stored["probabilities"].astype(np.float32)
+            labels, predicted = stored["labels"].astype(np.int64), stored["predicted"].astype(np.int64)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    n = len(classes)
+    rows = (len(probabilities),)
+    if probabilities.ndim != 2 or probabilities.shape[1] != n or not rows[0] or \
+            labels.shape != rows or predicted.shape != rows or max(labels.max(), predicted.max()) >= n:
+        return None
+    return Evaluation(labels, predicted, probabilities, tuple(classes))
 
 
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],

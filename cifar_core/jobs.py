@@ -31,8 +31,11 @@ Policies, and why:
   concurrent jobs don't oversubscribe the rest. On a busy 2-core machine this is also
   the fastest choice for training itself: with 2 OpenMP threads, and the other core
   needed elsewhere, a batch waits on the slower thread (measured: about 1,100 images/s
-  with 1 thread against 230 with 2 while another process was busy). Page threads that
-  run models (evaluation, prediction) inherit the same count once a job has started.
+  with 1 thread against 230 with 2 while another process was busy). A thread fixes its
+  count at its first use of torch, so a job pins its own right away (a page setting the
+  process-wide value a moment later does not reach it), and page threads that run models
+  set theirs with ``use_page_threads``: inheriting a job's single thread made the first
+  Evaluate of the bundled model take 55 s instead of 20.
 """
 
 from __future__ import annotations
@@ -80,16 +83,34 @@ def _env_int(name: str, default: int, minimum: int = 1) -> int:
         return default
 
 
+def available_cores() -> int:
+    """The host's cores, or a container's CPU quota where that is lower."""
+    cores = os.cpu_count() or 1
+    quota = cpu_quota()
+    return min(cores, quota) if quota else cores
+
+
 def default_torch_threads(max_jobs: int) -> int:
     """Threads per training job: every core but one, shared among the concurrent jobs."""
     explicit = os.environ.get("CIFAR_TORCH_THREADS", "").strip()
     if explicit:
         return _env_int("CIFAR_TORCH_THREADS", 1)
-    cores = os.cpu_count() or 1
-    quota = cpu_quota()  # a container's CPU quota, where it is lower than the host's cores
-    if quota:
-        cores = min(cores, quota)
-    return max(1, (cores - 1) // max(1, max_jobs))
+    return max(1, (available_cores() - 1) // max(1, max_jobs))
+
+
+def use_page_threads(busy: int | None = None) -> int:
+    """Set the calling thread's (a page's script run's) torch threads to the cores that
+    training leaves free, at least one, whatever count a job set process-wide; returns it.
+
+    ``busy`` is the cores training uses (default: this process's running jobs). While a job
+    trains, an OpenMP team larger than the free cores waits on its slowest thread; once no
+    job runs, pages get every core back instead of the single thread a finished job left.
+    """
+    if busy is None:
+        busy = get_registry().busy_threads()
+    threads = max(1, available_cores() - busy)
+    torch.set_num_threads(threads)
+    return torch.get_num_threads()  # fixes this thread's count now (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -219,6 +240,7 @@ class Job:
         try:
             # Process-wide in effect (see the module docstring); same value for every job.
             torch.set_num_threads(self.torch_threads)
+            torch.get_num_threads()  # fixes this thread's count before any page changes it
             data = subset(self.data, self.subset, seed=self.train_cfg.seed) if self.subset else self.data
             if self.resume_dir:
                 self._epoch_mark = time.perf_counter()  # the first epoch here is not epoch 1
@@ -349,6 +371,11 @@ class JobRegistry:
         """Every known job, newest first."""
         with self._lock:
             return [self._snapshot_locked(job) for job in reversed(self._jobs.values())]
+
+    def busy_threads(self) -> int:
+        """Torch threads the running jobs use."""
+        with self._lock:
+            return sum(self._jobs[i].torch_threads for i in self._running)
 
     def active(self) -> list[JobSnapshot]:
         """Running jobs, then queued ones in the order they will start."""

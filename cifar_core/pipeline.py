@@ -7,6 +7,7 @@ resumed from either leaves the same folder behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -88,7 +89,10 @@ def _train_and_test(model: torch.nn.Module, cfg: TrainConfig, data: CifarData, w
                         cfg.precision, cfg.tta_flip)
     except BaseException:
         # Also after training: a run whose process lives on (an app job) must not stay "running".
-        writer.finish("interrupted")
+        # When this write fails too (the disk is full), the first failure is the one to report;
+        # the writer still marks the run ended for this process.
+        with contextlib.suppress(RunError):
+            writer.finish("interrupted")
         raise
     best = result.history[result.best_epoch - 1]
     status = "stopped" if result.stopped_by_user else "finished"

@@ -11,7 +11,8 @@
 
 Every file is written to a temporary name in the same folder and renamed over the old
 one, so a crash at any instant leaves the previous complete state readable. A run whose
-metrics say ``running`` but whose process is gone is reported as ``interrupted``.
+metrics say ``running`` but whose process is gone is reported as ``interrupted``; so is one
+whose process lives on (the app) but whose writer ended without being able to record that.
 
 The checkpoint is written last in each epoch, so the other files are at most one epoch
 ahead of it; a resume cuts them back to it. It holds only tensors, dicts, lists,
@@ -22,12 +23,15 @@ asks for anything else is refused, never unpickled.
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import io
 import json
 import os
 import pickle
 import socket
 import tempfile
+import threading
 import time
 import zipfile
 from dataclasses import asdict, dataclass, replace
@@ -40,6 +44,7 @@ from safetensors.torch import load_file, save
 
 from .config import ConfigError, ModelConfig, TrainConfig
 from .data import DEFAULT_CLASSES
+from .evaluation import Evaluation, predictions_bytes, read_predictions
 from .formatting import format_percent
 from .model import CifarCNN, build_model
 from .training import HISTORY_COLUMNS, EpochRecord, TrainingState
@@ -51,6 +56,9 @@ METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "val_confusion.npy"
 GRAD_NORMS_FILE = "grad_norms.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
+# The test set's predictions, shipped with the bundled models so Evaluate needs neither the
+# data nor a minute of CPU: `python -m cifar_core evaluate RUN_DIR --save-predictions`.
+PREDICTIONS_FILE = "test_predictions.npz"
 # The pretrained runs shipped with the project (cifar_core.bundled lists them).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -146,6 +154,17 @@ def history_csv(history: list[EpochRecord]) -> bytes:
     return out.getvalue().encode()
 
 
+# Run folders whose writer in this process ended without recording it on disk (the last
+# write failed: disk full, folder gone). Their metrics.json still says "running" under this
+# live process's pid; without this set they would show as running until a restart.
+_ended_unrecorded: set[Path] = set()
+_ended_lock = threading.Lock()
+
+
+def _folder_key(path: Path) -> Path:
+    return Path(path).resolve()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -175,6 +194,8 @@ class RunWriter:
         self._write_metrics()
         self.confusions: list[np.ndarray] = []
         self.grad_norms: list[dict[str, float]] = []
+        with _ended_lock:
+            _ended_unrecorded.discard(_folder_key(self.path))
 
     @classmethod
     def reopen(cls, run: Run, state: TrainingState) -> RunWriter:
@@ -189,6 +210,8 @@ class RunWriter:
         writer.metrics = RunMetrics(pid=os.getpid(), host=socket.gethostname())
         writer.confusions = list(confusions[:epochs]) if confusions is not None else []
         writer.grad_norms = [row for row in run.grad_norms() if row["epoch"] <= epochs]
+        with _ended_lock:  # running again in this process
+            _ended_unrecorded.discard(_folder_key(run.path))
         if not epochs:
             for name in (WEIGHTS_FILE, CONFUSION_FILE, GRAD_NORMS_FILE, HISTORY_FILE):
                 (writer.path / name).unlink(missing_ok=True)
@@ -244,7 +267,13 @@ class RunWriter:
     def finish(self, status: str, **figures: object) -> None:
         """The last word on the run: its status and final figures (RunMetrics fields)."""
         self.metrics = replace(self.metrics, status=status, pid=None, **figures)
-        self._write_metrics()
+        try:
+            self._write_metrics()
+        except RunError:
+            # The run has ended all the same: say so in this process, where the pid still lives.
+            with _ended_lock:
+                _ended_unrecorded.add(_folder_key(self.path))
+            raise
 
     def save_weights(self, state: dict[str, torch.Tensor]) -> None:
         self._write(WEIGHTS_FILE, save_weights_bytes(state))
@@ -365,6 +394,10 @@ class Run:
             same_host = self.metrics.host == socket.gethostname()
             if not (same_host and pid is not None and _pid_alive(pid)):
                 return "interrupted"
+            if pid == os.getpid():
+                with _ended_lock:
+                    if _folder_key(self.path) in _ended_unrecorded:
+                        return "interrupted"
         return status
 
     @property
@@ -408,6 +441,25 @@ class Run:
         except OSError:
             return 0.0
 
+    def weights_digest(self) -> str:
+        """SHA-256 of the weights file ('' without one): ties stored predictions to the weights."""
+        return _file_digest(str(self.path / WEIGHTS_FILE), self.weights_mtime())
+
+    def stored_test_predictions(self) -> Evaluation | None:
+        """The test-set predictions saved beside the weights, when they were made by these
+        weights; None when there are none or the model was retrained since."""
+        try:
+            raw = (self.path / PREDICTIONS_FILE).read_bytes()
+        except OSError:
+            return None
+        return read_predictions(raw, self.classes, self.weights_digest())
+
+    def save_test_predictions(self, result: Evaluation) -> Path:
+        """Store ``result`` (this run's weights on the whole test set) beside the weights."""
+        path = self.path / PREDICTIONS_FILE
+        atomic_write(path, predictions_bytes(result, self.weights_digest()))
+        return path
+
     def test_confusion(self) -> np.ndarray | None:
         """The test confusion matrix (rows true, columns predicted), or None before the run is tested."""
         if self.metrics.confusion_matrix is None:
@@ -443,6 +495,16 @@ class Run:
             detail = " ".join(str(err).split())[:300]
             raise RunError(f"{self.path / WEIGHTS_FILE}: does not fit {CONFIG_FILE} ({detail})") from None
         return model.to(device).eval()
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, mtime: float) -> str:
+    # Keyed on the modification time too, so weights saved again are hashed again.
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return ""
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -521,6 +583,21 @@ def list_runs(root: str | os.PathLike | None = None) -> list[Run]:
             except RunError:
                 continue
     return sorted(runs, key=lambda r: r.created, reverse=True)
+
+
+def default_run(runs: list[Run], just_trained: str | None = None) -> Run | None:
+    """The run a page should open on: the one this visitor's own job has just finished
+    (``just_trained``, its folder), else the most accurate finished run (bundled models
+    included), else the first of ``runs``. A run still training is never the default: its
+    weights are a snapshot of a model that is still changing."""
+    for run in runs:
+        if just_trained is not None and str(run.path) == just_trained and run.status != "running":
+            return run
+    finished = [run for run in runs if run.status == "finished" and run.accuracy is not None]
+    if finished:
+        return max(finished, key=lambda run: run.accuracy)  # the first of equals, by list order
+    settled = [run for run in runs if run.status != "running"]
+    return (settled or runs or [None])[0]
 
 
 def new_run_dir(root: str | os.PathLike | None = None, label: str = "run") -> Path:

@@ -22,7 +22,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update"]
 VIEWPORT = {"width": 1280, "height": 900}
-PAGES = ("Dataset", "Model", "Train", "Evaluate", "Predict")
+PAGES = ("Dataset", "Model", "Train", "Evaluate", "Predict", "Experiments")
 TIMEOUT_MS = 90_000  # first loads import torch and read the dataset; the machine may be busy
 
 BATCH_COUNTER = re.compile(r"epoch (\d+)/(\d+) · batch (\d+)/(\d+)")
@@ -146,6 +146,9 @@ class AppPage:
             return [page.locator('.st-key-evaluate-confusion .main-svg, [data-testid="stAlertContentInfo"]')]
         if name == "Predict":
             return [page.locator('.st-key-predict-files, [data-testid="stAlertContentInfo"]')]
+        if name == "Experiments":
+            return [page.locator('[class*="st-key-experiments-curves-shipped-"] .main-svg, '
+                                 '[data-testid="stAlertContentInfo"]')]
         raise ValueError(name)
 
     # --- reading --------------------------------------------------------------------------

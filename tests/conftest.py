@@ -100,6 +100,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def no_auto_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app must not fetch 163 MB whenever a test starts it without data (tests of the
+    download turn it back on, with a local archive)."""
+    monkeypatch.setenv("CIFAR_AUTO_DOWNLOAD", "0")
+
+
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding a tiny cifar-10-batches-py (500 train, 100 test images)."""

@@ -78,6 +78,14 @@ def trained_runs_dir(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory)
 
 # --- Dataset -----------------------------------------------------------------------------
 
+def open_section(at: AppTest, name: str) -> AppTest:
+    """Open one of the Dataset page's tabs (only the open one is drawn)."""
+    at.session_state["dataset.section"] = name
+    at.run()
+    assert_ok(at)
+    return at
+
+
 def test_dataset_page_shows_the_classes_counts_and_images(cifar_env: Path) -> None:
     at = open_page()
     assert metric(at, "Classes") == "10"
@@ -89,9 +97,15 @@ def test_dataset_page_shows_the_classes_counts_and_images(cifar_env: Path) -> No
     assert counts["layout"]["title"]["text"] == "Images per class"
     assert [trace["name"] for trace in counts["data"]] == ["train", "validation", "test"]
     assert all(list(trace["x"]) == CLASSES for trace in counts["data"])
-    assert "dataset.histograms" in figures(at)
-    # One row of pictures per class, the channel-order comparison and the augmentation preview.
-    assert len(at.image) >= 10 + 2 + 5
+    # Only the open tab is drawn: no pictures on the first one.
+    assert not at.image and "dataset.histograms" not in figures(at)
+    # One row of pictures per class; the augmentation preview; the channel-order comparison.
+    assert len(open_section(at, "Images").image) == 10
+    assert len(open_section(at, "Augmentation").image) == 2 * 5
+    assert len(open_section(at, "Channel-order mistake").image) == 2
+    # Sent as PNG: st.image's default for arrays is a quality-100 JPEG, several times larger.
+    assert all(image.proto.imgs[0].url.endswith(".png") for image in at.image)
+    assert "dataset.histograms" in figures(open_section(at, "Pixel statistics"))
 
     stats = at.dataframe[0].value
     assert list(stats["channel"]) == ["red", "green", "blue"]
@@ -99,23 +113,24 @@ def test_dataset_page_shows_the_classes_counts_and_images(cifar_env: Path) -> No
 
 
 def test_dataset_page_reshuffles_and_rerolls(cifar_env: Path) -> None:
-    at = open_page()
-    before = [image.value[0] for image in at.image]
+    at = open_section(open_page(), "Images")
+    before = [image.proto.imgs[0].url for image in at.image]
     at.button(key="dataset.reshuffle").click().run()
     assert_ok(at)
-    after = [image.value[0] for image in at.image]
+    after = [image.proto.imgs[0].url for image in at.image]
     assert at.session_state["dataset.grid_seed"] == 1
-    assert after[:10] != before[:10]  # new pictures in the class grid...
-    assert after[10:] == before[10:]  # ...and nothing else changed
+    assert after != before and len(after) == len(before) == 10  # new pictures in the class grid
+    open_section(at, "Augmentation")
+    shown = [image.proto.imgs[0].url for image in at.image]
     at.button(key="dataset.reroll").click().run()
     assert_ok(at)
-    rerolled = [image.value[0] for image in at.image]
+    rerolled = [image.proto.imgs[0].url for image in at.image]
     assert at.session_state["dataset.aug_seed"] == 1
-    assert rerolled[:10] == after[:10] and rerolled[10:20] != after[10:20]
+    assert rerolled != shown
     at.radio(key="dataset.aug_kind").set_value("crop_flip").run()
     assert_ok(at)
     assert "pad the image by 4 pixels" in texts(at)
-    assert len(at.image) == len(before)
+    assert len(at.image) == len(shown)
 
 
 def test_dataset_page_installs_an_uploaded_archive(tmp_path: Path,
@@ -253,3 +268,21 @@ def test_predict_page_random_test_images(cifar_env: Path, trained_runs_dir: Path
     at.button(key="predict.shuffle").click().run()
     assert_ok(at)
     assert at.session_state["predict.seed"] == 1
+
+
+def test_every_script_run_is_timed_on_the_server(cifar_env: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    log = tmp_path / "timing.jsonl"
+    monkeypatch.setenv("CIFAR_TIMING_LOG", str(log))
+    with caplog.at_level("INFO", logger="cifar_lab.timing"):
+        at = open_page("app_pages/model.py")
+        at.switch_page("app_pages/experiments.py")
+        at.run()
+    assert_ok(at)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["page"] for r in records] == ["Dataset", "Model", "Experiments"]
+    assert len({r["session"] for r in records}) == 1 and records[0]["session"]
+    assert all(r["outcome"] == "ok" and 0 < r["seconds"] < 60 and r["cpu"] >= 0 for r in records)
+    assert [r.getMessage().split(" session")[0] for r in caplog.records
+            if r.name == "cifar_lab.timing"] == ["page Dataset", "page Model", "page Experiments"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import json
 import math
 import os
 import signal
@@ -227,12 +228,32 @@ def test_disk_full_mid_run_keeps_the_saved_epochs(data: CifarData, tmp_path: Pat
     path = tmp_path / "full"
     real = runs.atomic_write
     disk_full_after_epoch_one(monkeypatch)
-    with pytest.raises(RunError, match="No space left on device"):
+    with pytest.raises(RunError, match="No space left on device") as info:
         train_run(TINY, FAST, data, path)
+    # The first write that failed is the one reported, not the final metrics.json after it.
+    assert runs.METRICS_FILE not in str(info.value)
+    # metrics.json could not say so, but the run has ended: not "running" in this live process.
+    assert json.loads((path / runs.METRICS_FILE).read_text())["status"] == "running"
+    assert load_run(path).status == "interrupted"
     monkeypatch.setattr(runs, "atomic_write", real)
     assert len(assert_complete_history(path)) == 1
     load_run(path).load_model()
     assert not [p for p in path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_new_writer_in_an_abandoned_folder_is_running_again(data: CifarData, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "again"
+    real = runs.atomic_write
+    disk_full_after_epoch_one(monkeypatch)
+    with pytest.raises(RunError):
+        train_run(TINY, FAST, data, path)
+    monkeypatch.setattr(runs, "atomic_write", real)
+    assert load_run(path).status == "interrupted"
+    writer = RunWriter(path, TINY, FAST)  # written here again, by this live process
+    assert load_run(path).status == "running"
+    writer.finish("stopped")
+    assert load_run(path).status == "stopped"
 
 
 def test_train_command_into_an_unwritable_folder_is_one_error_line(cifar_root: Path, tmp_path: Path,
@@ -270,8 +291,11 @@ def test_job_whose_disk_fills_up_mid_run_fails_with_the_reason(data: CifarData, 
     disk_full_after_epoch_one(monkeypatch)
     failed = registry.wait(registry.submit(TINY, FAST, data, runs_root=tmp_path / "runs"), timeout=120)
     assert failed.status == "failed" and "No space left on device" in failed.error
+    assert runs.METRICS_FILE not in failed.error  # the write that failed first, not the last attempt
     assert len(failed.history) >= 1
     assert len(assert_complete_history(failed.run_dir)) == 1
+    # The server lives on and the disk is still full: the run is listed as ended, not running.
+    assert [r.status for r in list_runs(tmp_path / "runs")] == ["interrupted"]
     monkeypatch.setattr(runs, "atomic_write", real)
     again = registry.wait(registry.submit(TINY, FAST, data, runs_root=tmp_path / "runs"), timeout=120)
     assert again.status == "finished"

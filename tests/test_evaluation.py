@@ -1,14 +1,12 @@
 """Figures of one evaluation without a model: accuracy of a matrix, the images of a cell, and
-the store that keeps evaluations for every session."""
+predictions stored beside a model."""
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 import pytest
 
-from cifar_core.evaluation import Evaluation, EvaluationStore, matrix_accuracy
+from cifar_core.evaluation import Evaluation, matrix_accuracy, predictions_bytes, read_predictions
 
 CLASSES = ("a", "b", "c")
 
@@ -36,28 +34,20 @@ def test_a_cell_lists_its_images_most_confident_first() -> None:
     assert result.confusion()[0, 1] == 1
 
 
-def test_the_store_keeps_the_most_recently_used() -> None:
-    store = EvaluationStore(size=2)
-    first, second, third = an_evaluation(), an_evaluation(), an_evaluation()
-    store.put("x", first)
-    store.put("y", second)
-    assert store.get("x") is first  # x is now the most recent
-    store.put("z", third)
-    assert store.get("y") is None and store.get("x") is first and store.get("z") is third
+def test_stored_predictions_round_trip_in_float16() -> None:
+    result = an_evaluation()
+    raw = predictions_bytes(result, "abc")
+    back = read_predictions(raw, CLASSES, "abc")
+    assert back is not None
+    assert back.labels.tolist() == result.labels.tolist()
+    assert back.predicted.tolist() == result.predicted.tolist()
+    np.testing.assert_allclose(back.probabilities, result.probabilities, atol=1e-3)
+    assert back.accuracy == result.accuracy and (back.confusion() == result.confusion()).all()
 
 
-def test_the_store_is_safe_to_share_between_threads() -> None:
-    store = EvaluationStore(size=4)
-    value = an_evaluation()
-
-    def use(i: int) -> None:
-        for j in range(200):
-            store.put((i, j % 6), value)
-            store.get((i, (j + 1) % 6))
-
-    threads = [threading.Thread(target=use, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(store._items) == 4
+def test_stored_predictions_of_other_weights_or_damaged_are_ignored() -> None:
+    raw = predictions_bytes(an_evaluation(), "abc")
+    assert read_predictions(raw, CLASSES, "other weights") is None
+    assert read_predictions(raw[:100], CLASSES, "abc") is None
+    assert read_predictions(b"not a zip", CLASSES, "abc") is None
+    assert read_predictions(raw, ("a", "b"), "abc") is None  # probabilities of 3 classes

@@ -206,6 +206,11 @@ def test_predict_page_shows_grad_cam_and_feature_maps_for_a_test_image(
     at.run()
     at.radio(key="predict.mode").set_value("Random test images").run()
     assert not at.exception, [e.message for e in at.exception]
+    # Closed at first: nothing computed until a visitor opens the panels.
+    assert "predict.explain" not in {chart.key for chart in at.get("plotly_chart")}
+    at.session_state["predict.explain_open"] = True
+    at.session_state["predict.features_open"] = True
+    at.run()
 
     charts = {chart.key: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}
     panels = charts["predict.explain"]

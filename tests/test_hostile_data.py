@@ -14,6 +14,7 @@ import pickle
 import pickletools
 import shutil
 import struct
+import subprocess
 import tarfile
 import time
 import zlib
@@ -165,7 +166,9 @@ def test_flipped_bytes_in_the_compressed_stream_are_refused(good_files: dict[str
     "../escaped", "../../outer/neighbour.txt", "/tmp/cifar-lab-pwned", f"{FOLDER_NAME}/../escaped",
     f"{FOLDER_NAME}/../../neighbour.txt", f"../{FOLDER_NAME}/data_batch_1",
     f"./{FOLDER_NAME}/../../escaped", f"{FOLDER_NAME}/sub/data_batch_1", f"/{FOLDER_NAME}/data_batch_1",
-    f"{FOLDER_NAME}//data_batch_1",
+    f"{FOLDER_NAME}//data_batch_1", f"./../{FOLDER_NAME}/data_batch_1", f".//{FOLDER_NAME}/data_batch_1",
+    f"./{FOLDER_NAME}/./data_batch_1", f"./{FOLDER_NAME}/../data_batch_1", f"../.{FOLDER_NAME}/data_batch_1",
+    f"./.{FOLDER_NAME}/data_batch_1", f"./{FOLDER_NAME}/sub/data_batch_1",
 ])
 def test_path_traversal_members_are_never_written(evil: str, good_files: dict[str, bytes],
                                                   installed: Path) -> None:
@@ -617,6 +620,32 @@ def test_archive_made_by_tarfile_from_a_folder_still_installs(tmp_path: Path) ->
     folder = write_cifar(tmp_path / "src", per_batch=10)
     archive = make_archive(folder, tmp_path / "cifar-10-python.tar.gz")
     assert install_archive(archive, tmp_path / "dest") == tmp_path / "dest" / FOLDER_NAME
+
+
+def test_members_under_a_leading_dot_slash_install(good_files: dict[str, bytes], tmp_path: Path) -> None:
+    # `tar czf x.tar.gz ./cifar-10-batches-py` names every member ./cifar-10-batches-py/...
+    archive = tar_gz(header(f"./{FOLDER_NAME}", 0, tarfile.DIRTYPE),
+                     *(member(f"./{FOLDER_NAME}/{name}", raw) for name, raw in good_files.items()))
+    assert read_archive(archive) == good_files
+    assert install_archive(archive, tmp_path / "dest") == tmp_path / "dest" / FOLDER_NAME
+    assert {p.name: p.read_bytes() for p in (tmp_path / "dest" / FOLDER_NAME).iterdir()} == good_files
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="no tar command on this machine")
+@pytest.mark.parametrize("source", [f"./{FOLDER_NAME}", FOLDER_NAME])
+def test_archive_made_by_the_tar_command_installs(source: str, good_files: dict[str, bytes],
+                                                  tmp_path: Path) -> None:
+    src = tmp_path / "src" / FOLDER_NAME
+    src.mkdir(parents=True)
+    for name, raw in good_files.items():
+        (src / name).write_bytes(raw)
+    archive = tmp_path / "x.tar.gz"
+    subprocess.run(["tar", "czf", str(archive), source], cwd=tmp_path / "src", check=True)
+    with tarfile.open(archive) as tar:  # what the command really wrote
+        assert all(n.startswith(source) for n in tar.getnames())
+    dest = tmp_path / "dest"
+    assert install_archive(archive, dest) == dest / FOLDER_NAME
+    assert load_cifar10(dest, download=False).x_test.shape == (10, 32, 32, 3)
 
 
 # --- folders on disk ---------------------------------------------------------------------------
