@@ -130,5 +130,5 @@ def test_the_airbench_preset_uses_every_ingredient() -> None:
     model, train = PRESETS["airbench"].model, PRESETS["airbench"].train
     assert (model.stem, model.init, model.bn_scale, model.activation) == ("whiten", "dirac", False, "gelu")
     assert model.logit_scale == pytest.approx(1 / 9)
-    assert train.weight_averaging and train.bias_lr_scale == 64 and train.label_smoothing == 0.2
+    assert train.weight_averaging and train.bias_lr_scale == 64 and train.label_smoothing == 0
     assert training_flops(model) == pytest.approx(119.3e6, rel=1e-3)
