@@ -221,9 +221,9 @@ def draw_network_settings() -> None:
     left.selectbox("Activation", choices("activation"), key=K + "activation",
                    help=HELP["activation"])
     right.toggle("Batch normalisation", key=K + "batch_norm", help=HELP["batch_norm"])
-    left, right = st.columns([2, 3])
+    left, right = st.columns(2)  # each half fits the radio's two options and the toggle's label
     left.radio("Stem", choices("stem"), horizontal=True, key=K + "stem", help=HELP["stem"])
-    right.toggle("Learn batch norm's scale", key=K + "bn_scale", help=HELP["bn_scale"],
+    right.toggle("Learn BN scale", key=K + "bn_scale", help=HELP["bn_scale"],
                  disabled=not st.session_state[K + "batch_norm"])
 
     st.markdown("##### Classifier head")
