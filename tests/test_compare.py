@@ -191,6 +191,9 @@ def test_evaluate_page_shows_the_images_of_a_chosen_cell(evaluate_page: AppTest)
 @pytest.mark.slow
 def test_evaluate_page_compares_runs(evaluate_page: AppTest) -> None:
     at = evaluate_page
+    at.session_state["evaluate.view"] = "Compare runs"  # only the open tab is drawn
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
     chosen = at.multiselect(key="evaluate.compare").value
     assert sorted(Path(p).name for p in chosen) == ["a-baseline", "b-bn"]
     shown = figures(at)
