@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 
+from cifar_core.jobs import get_registry
+
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -143,3 +145,16 @@ def real_cifar_root() -> Path:
         subprocess.run([sys.executable, str(builder), str(cache)], check=True,
                        stdout=subprocess.DEVNULL)
     return cache
+
+
+@pytest.fixture()
+def no_jobs_left_running() -> Iterator[None]:
+    """Stop every background job a test started, and restore torch's thread count (jobs
+    change it process-wide)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    registry = get_registry()
+    for snap in registry.active():
+        registry.stop(snap.id)
+        registry.wait(snap.id, timeout=30)

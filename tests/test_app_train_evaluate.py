@@ -9,19 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from helpers import array
 from streamlit.testing.v1 import AppTest
 
 from cifar_core.config import get_preset
 from cifar_core.data import load_cifar10
-from cifar_core.jobs import get_registry
 from cifar_core.pipeline import train_run
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 
 # Slow: each test trains a run through the app.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_jobs_left_running")]
 
 
 def open_page(page: str) -> AppTest:
@@ -62,15 +60,6 @@ def start_run(at: AppTest, images: int, epochs: int) -> None:
     assert not at.exception, [e.message for e in at.exception]
 
 
-@pytest.fixture(autouse=True)
-def no_jobs_left_running() -> None:
-    threads = torch.get_num_threads()  # jobs change torch's process-wide thread count
-    yield
-    torch.set_num_threads(threads)
-    registry = get_registry()
-    for snap in registry.active():
-        registry.stop(snap.id)
-        registry.wait(snap.id, timeout=30)
 
 
 def test_tiny_run_trains_to_completion_then_evaluates(cifar_env: Path) -> None:

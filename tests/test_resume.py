@@ -426,17 +426,6 @@ def test_resume_refuses_a_finished_run_in_process(data: CifarData, tmp_path: Pat
 
 # --- the Train page -------------------------------------------------------------------------
 
-@pytest.fixture()
-def no_jobs_left_running() -> None:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-    registry = get_registry()
-    for snap in registry.active():
-        registry.stop(snap.id)
-        registry.wait(snap.id, timeout=30)
-
-
 @pytest.mark.slow  # the job it starts trains
 @pytest.mark.usefixtures("no_jobs_left_running")
 def test_train_page_resumes_a_stopped_run_as_a_job(cifar_env: Path, tmp_path: Path) -> None:
