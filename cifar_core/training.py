@@ -111,9 +111,13 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if cfg.bias_lr_scale == 1:
         return [{"params": [p for _, p in trainable], "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
-    is_shift = {name for name, module in model.named_modules() if isinstance(module, nn.BatchNorm2d)}
-    shifts = [p for name, p in trainable if name.rsplit(".", 1)[0] in is_shift or name.endswith("stem.bias")]
-    weights = [p for _, p in trainable if all(p is not q for q in shifts)]
+    batch_norms = {name for name, module in model.named_modules() if isinstance(module, nn.BatchNorm2d)}
+
+    def is_shift(name: str) -> bool:
+        return name.rsplit(".", 1)[0] in batch_norms or name.endswith("stem.bias")
+
+    shifts = [p for name, p in trainable if is_shift(name)]
+    weights = [p for name, p in trainable if not is_shift(name)]
     return [{"params": weights, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
             {"params": shifts, "lr": cfg.lr * cfg.bias_lr_scale,
              "weight_decay": cfg.weight_decay / cfg.bias_lr_scale}]
