@@ -111,11 +111,14 @@ class ModelConfig:
             raise ConfigError("the feature map shrinks to nothing: use padding='same', a "
                               "smaller kernel or fewer blocks")
 
+    def stem_side(self) -> int:
+        """The side of the map the first block receives: the image, less what the stem trims."""
+        return IMAGE_SIDE - (STEM_KERNEL - 1 if self.stem == "whiten" else 0)
+
     def conv_output_sides(self) -> list[list[int]]:
         """Per block, the side of each conv's output (before any pooling after it), then the
         side the block hands on. A map of side 1 is not pooled any more."""
-        size = IMAGE_SIDE - (STEM_KERNEL - 1 if self.stem == "whiten" else 0)
-        blocks = []
+        size, blocks = self.stem_side(), []
         for _ in self.conv_filters:
             sides = []
             for i in range(self.convs_per_block):

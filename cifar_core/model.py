@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import IMAGE_SIDE, STEM_CHANNELS, STEM_KERNEL, ModelConfig
+from .config import STEM_CHANNELS, STEM_KERNEL, ModelConfig
 from .devices import autocast
 
 # Per-channel mean and std of the CIFAR-10 training images, in [0, 1] units.
@@ -267,8 +267,7 @@ def training_flops(config: ModelConfig) -> float:
     """Approximate FLOPs to train on one image (forward multiply-adds x 2, x 3 for backward)."""
     macs, channels = 0, 3
     if config.stem == "whiten":
-        side = IMAGE_SIDE - STEM_KERNEL + 1
-        macs += side * side * STEM_KERNEL ** 2 * 3 * STEM_CHANNELS
+        macs += config.stem_side() ** 2 * STEM_KERNEL ** 2 * 3 * STEM_CHANNELS
         channels = STEM_CHANNELS
     for filters, sides in zip(config.conv_filters, config.conv_output_sides()):
         for side in sides[:-1]:
