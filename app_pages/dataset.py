@@ -31,6 +31,8 @@ AUGMENTATION_NOTES = {
     "crop_flip": "The standard CIFAR recipe: pad the image by 4 pixels (mirroring its border), cut "
                  "a random 32x32 window out of it, and mirror half of the images. Cheap, and it "
                  "keeps the picture undistorted.",
+    "translate_flip": "The same with 2 pixels of padding instead of 4 (airbench's recipe): each image "
+                      "moves by at most 2 pixels. Milder, so a short run learns from it faster.",
 }
 
 

@@ -70,7 +70,7 @@ HELP = {
                 "scale it anyway, the learned scale adds little, and fixing it lets a high "
                 "learning rate stay stable.",
     "logit_scale": "The 10 output scores are multiplied by this before softmax. A small value "
-                   "(1/9 in the fast presets) keeps the first steps of a high learning rate "
+                   "(1/9 in quick, fast and best) keeps the first steps of a high learning rate "
                    "from making the network certain of anything too early.",
     "activation": "The function applied to every convolution and dense output. Without one, any "
                   "stack of layers would collapse into a single linear step. relu keeps positive "
@@ -384,12 +384,19 @@ def draw_filters() -> None:
     scale = max(4, 48 // weights.shape[-1])
     for start in range(0, len(images), 16):
         st.image(figures.image_row(images[start:start + 16], scale=scale, gap=4))
+    side = weights.shape[-1]
+    what = ("Mid-grey means a weight of 0; a colour means the filter responds to that colour there, "
+            "its opposite that it responds to its absence. ")
+    if run.model_config.stem == "whiten":
+        st.caption(f"The {len(images)} filters of the whitening stem, {side}×{side} weights for each "
+                   f"colour, enlarged. {what}They are not learned: they are computed from the "
+                   "training images before the first step, half of them the negatives of the "
+                   "other half, so that the patches they pass on are uncorrelated.")
+        return
     st.caption(
-        f"The {len(images)} filters of the first convolution, {weights.shape[-1]}×{weights.shape[-1]} "
-        "weights for each colour, enlarged. Mid-grey means a weight of 0; a colour means the "
-        "filter responds to that colour there, its opposite that it responds to its absence. "
-        "After training many look like edge detectors (a light stripe next to a dark one) or "
-        "colour-blob detectors; before training they are noise.")
+        f"The {len(images)} filters of the first convolution, {side}×{side} weights for each "
+        f"colour, enlarged. {what}After training many look like edge detectors (a light stripe "
+        "next to a dark one) or colour-blob detectors; before training they are noise.")
 
 
 # --- the page ----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .runs import MODELS_DIR, Run, RunError, load_run
 
-PREFERRED = ("fast", "baseline")
+PREFERRED = ("best", "fast", "baseline")
 
 __all__ = ["MODELS_DIR", "bundled_runs", "load_bundled"]
 

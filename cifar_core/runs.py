@@ -518,12 +518,15 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def first_conv_weights(path: Path) -> np.ndarray:
-    """The first convolution's weights (F, 3, k, k) in a weights file."""
+    """The weights (F, 3, k, k) of the convolution that sees the image: the whitening stem
+    where there is one, else the first conv layer."""
     state = load_weights(path)
     convs = [name for name, tensor in state.items() if tensor.ndim == 4]
     if not convs:
         raise RunError(f"{path}: no convolution weights")
-    return state[convs[0]].float().numpy()
+    # The file lists tensors sorted by name, not in network order ("conv1" < "stem").
+    first = next((name for name in ("layers.stem.weight", "layers.conv1.weight") if name in state), convs[0])
+    return state[first].float().numpy()
 
 
 def _read_json(path: Path) -> dict:

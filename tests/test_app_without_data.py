@@ -17,7 +17,12 @@ from streamlit.testing.v1 import AppTest
 from test_app_pages import APP, assert_ok, figures, metric, open_page, png_bytes, texts
 
 import app_state
+from cifar_core.bundled import bundled_runs
+from cifar_core.formatting import format_percent
 from cifar_core.runs import MODELS_DIR
+
+# The page default: the most accurate bundled model.
+TOP = max(bundled_runs(), key=lambda run: run.accuracy)
 
 
 @pytest.fixture()
@@ -75,8 +80,8 @@ def test_evaluate_draws_the_bundled_model_from_its_stored_results(no_data: Path)
     at = open_page("app_pages/evaluate.py")
     seconds = time.perf_counter() - start
     # The most accurate model, drawn from its stored predictions, without the images.
-    assert at.selectbox(key="evaluate.run").value == str(MODELS_DIR / "fast")
-    assert metric(at, "Test accuracy") == "87.3%"
+    assert at.selectbox(key="evaluate.run").value == str(TOP.path)
+    assert metric(at, "Test accuracy") == format_percent(TOP.accuracy)
     assert metric(at, "Correct").endswith(" / 10,000")
     assert "evaluate.confusion" in figures(at)
     assert at.dataframe[0].value["support"].tolist() == [1000] * 10
@@ -90,7 +95,7 @@ def test_evaluate_draws_the_bundled_model_from_its_stored_results(no_data: Path)
 
 def test_predict_classifies_uploads_without_the_data(no_data: Path) -> None:
     at = open_page("app_pages/predict.py")
-    assert at.selectbox(key="predict.run").value == str(MODELS_DIR / "fast")
+    assert at.selectbox(key="predict.run").value == str(TOP.path)
     red = ("red.png", png_bytes((220, 30, 30)), "image/png")
     at.file_uploader(key="predict.files").set_value([red]).run()
     assert_ok(at)
@@ -132,7 +137,7 @@ def test_a_weak_demo_run_or_one_still_training_is_not_the_default(no_data: Path,
                pid=os.getpid(), host=socket.gethostname())
     for page in ("predict", "evaluate"):
         at = open_page(f"app_pages/{page}.py")
-        assert at.selectbox(key=f"{page}.run").value == str(MODELS_DIR / "fast"), page
+        assert at.selectbox(key=f"{page}.run").value == str(TOP.path), page
     # A run without stored results and no data: Evaluate says what it needs.
     at.selectbox(key="evaluate.run").set_value(str(runs / "20991231-000000-demo")).run()
     assert_ok(at)

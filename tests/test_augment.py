@@ -86,7 +86,7 @@ def test_rotation_changes_every_image_but_keeps_the_centre() -> None:
     assert centre < (out - x).abs().amax()
 
 
-@pytest.mark.parametrize("kind", ["keras", "crop_flip"])
+@pytest.mark.parametrize("kind", ["keras", "crop_flip", "translate_flip"])
 def test_each_image_gets_its_own_transform(kind: str) -> None:
     x = images(1, seed=5).expand(32, -1, -1, -1).contiguous()
     out = augment(x, kind, gen(2))
@@ -123,7 +123,7 @@ def test_crop_flip_without_flip_never_mirrors() -> None:
         assert any(np.array_equal(out[i], crop) for crop in crops)
 
 
-@pytest.mark.parametrize("kind", ["none", "keras", "crop_flip"])
+@pytest.mark.parametrize("kind", ["none", "keras", "crop_flip", "translate_flip"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_shape_and_dtype_are_preserved(kind: str, dtype: torch.dtype) -> None:
     x = images(5, seed=8, dtype=dtype)
@@ -132,7 +132,7 @@ def test_shape_and_dtype_are_preserved(kind: str, dtype: torch.dtype) -> None:
     assert 0 <= out.min() and out.max() <= 1
 
 
-@pytest.mark.parametrize("kind", ["keras", "crop_flip"])
+@pytest.mark.parametrize("kind", ["keras", "crop_flip", "translate_flip"])
 def test_channels_last_input_gives_the_same_result(kind: str) -> None:
     x = images(6, seed=9)
     plain = augment(x, kind, gen(7))
@@ -140,7 +140,7 @@ def test_channels_last_input_gives_the_same_result(kind: str) -> None:
     torch.testing.assert_close(plain, cl)
 
 
-@pytest.mark.parametrize("kind", ["keras", "crop_flip"])
+@pytest.mark.parametrize("kind", ["keras", "crop_flip", "translate_flip"])
 def test_seeded_generator_is_deterministic(kind: str) -> None:
     x = images(16, seed=10)
     assert torch.equal(augment(x, kind, gen(11)), augment(x, kind, gen(11)))
@@ -157,7 +157,7 @@ class CountOps(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("kind", ["keras", "crop_flip"])
+@pytest.mark.parametrize("kind", ["keras", "crop_flip", "translate_flip"])
 def test_no_work_per_image_the_op_count_is_independent_of_batch_size(kind: str) -> None:
     counts = []
     for n in (2, 512):
@@ -177,3 +177,15 @@ def test_unknown_augmentation_is_refused() -> None:
 def test_none_returns_the_input_unchanged() -> None:
     x = images(3)
     assert augment(x, "none", gen(0)) is x
+
+
+def test_translate_flip_moves_each_image_by_at_most_two_pixels() -> None:
+    x = images(24, seed=8)
+    out = augment(x, "translate_flip", gen(5)).numpy()
+    used = set()
+    for i in range(24):
+        matches = [k for k, crop in enumerate(reference_crops(x[i].numpy(), pad=2))
+                   if np.array_equal(out[i], crop)]
+        assert matches, f"image {i} is no crop of its input padded by 2"
+        used.add(matches[0])
+    assert len(used) >= 8 and any(k >= 25 for k in used) and any(k < 25 for k in used)

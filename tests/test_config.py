@@ -62,8 +62,8 @@ def test_spatial_sizes_are_the_presentations() -> None:
                              pool_first=True, head="global_max", dense_units=(), dense_dropout=())
     assert pool_first.spatial_sizes() == [16, 8, 4] and pool_first.feature_size() == 192
     # The whitening stem's 2x2 'valid' convolution takes one pixel off first.
-    airbench = PRESETS["airbench"].model
-    assert airbench.spatial_sizes() == [15, 7, 3] and airbench.feature_size() == 128
+    quick = PRESETS["quick"].model
+    assert quick.spatial_sizes() == [15, 7, 3] and quick.feature_size() == 128
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

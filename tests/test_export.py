@@ -22,7 +22,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from cifar_core import export
-from cifar_core.config import get_preset
+from cifar_core.config import PRESETS, get_preset
 from cifar_core.data import DEFAULT_CLASSES, load_cifar10
 from cifar_core.export import ExportError
 from cifar_core.model import build_model, predict_logits
@@ -172,7 +172,7 @@ def test_confusion_png_handles_empty_rows() -> None:
 
 # --- ONNX -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("preset", ["baseline", "baseline-bn", "quick", "fast", "airbench"])
+@pytest.mark.parametrize("preset", list(PRESETS))
 def test_onnx_matches_pytorch(tmp_path: Path, preset: str) -> None:
     run = random_run(tmp_path / preset, preset)
     sess = session(export.onnx_bytes(run))

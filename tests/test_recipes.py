@@ -13,7 +13,7 @@ from cifar_core.config import PRESETS, ConfigError, ModelConfig, TrainConfig
 from cifar_core.model import build_model, count_parameters, summary, to_input, training_flops
 from cifar_core.training import WeightAverage, make_optimizer, make_schedule, parameter_groups
 
-AIRBENCH = PRESETS["airbench"].model
+AIRBENCH = PRESETS["quick"].model
 
 
 def test_whitening_stem_decorrelates_patches_like_numpy_pca() -> None:
@@ -126,9 +126,13 @@ def test_weight_average_follows_the_lookahead_rule() -> None:
                 torch.testing.assert_close(p.detach(), r)
 
 
-def test_the_airbench_preset_uses_every_ingredient() -> None:
-    model, train = PRESETS["airbench"].model, PRESETS["airbench"].train
+@pytest.mark.parametrize(("name", "mflop", "smoothing"), [
+    ("quick", 119.3, 0.0), ("fast", 392.6, 0.0), ("best", 708.9, 0.2)])
+def test_the_airbench_presets_use_every_ingredient(name: str, mflop: float, smoothing: float) -> None:
+    model, train = PRESETS[name].model, PRESETS[name].train
     assert (model.stem, model.init, model.bn_scale, model.activation) == ("whiten", "dirac", False, "gelu")
     assert model.logit_scale == pytest.approx(1 / 9)
-    assert train.weight_averaging and train.bias_lr_scale == 64 and train.label_smoothing == 0
-    assert training_flops(model) == pytest.approx(119.3e6, rel=1e-3)
+    assert train.weight_averaging and train.tta_flip and train.bias_lr_scale == 64
+    assert train.label_smoothing == smoothing
+    # The preset descriptions quote these figures.
+    assert training_flops(model) == pytest.approx(mflop * 1e6, rel=1e-3)

@@ -34,10 +34,10 @@ APP = str(REPO / "streamlit_app.py")
 TINY = ModelConfig(conv_filters=(8, 16), conv_dropout=(0.0, 0.25), dense_units=(16,),
                    dense_dropout=(0.25,))
 FAST = TrainConfig(epochs=3, batch_size=32, device="cpu", precision="fp32", seed=3)
-# The airbench preset's recipe (whitening stem, one-cycle schedule, weight averaging, SGD with
+# The quick preset's recipe (whitening stem, one-cycle schedule, weight averaging, SGD with
 # a separate group for batch norm) shrunk to a tiny network.
 QUICK_MODEL, QUICK_TRAIN = apply_overrides(
-    get_preset("airbench").model, get_preset("airbench").train,
+    get_preset("quick").model, get_preset("quick").train,
     {"conv_filters": (8, 16, 16), "batch_size": 32, "epochs": 3, "device": "cpu", "precision": "fp32"})
 # Figures of an epoch that must be the same when a run is resumed (not its wall time).
 COMPARED = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
@@ -92,7 +92,7 @@ def assert_same(a: object, b: object) -> None:
 
 # --- the checkpoint file ----------------------------------------------------------------
 
-@pytest.mark.parametrize("recipe", ["baseline", "airbench"])
+@pytest.mark.parametrize("recipe", ["baseline", "quick"])
 def test_checkpoint_round_trip_keeps_every_part_of_the_state(recipe: str, data: CifarData,
                                                             tmp_path: Path) -> None:
     model_cfg, train_cfg = (TINY, FAST) if recipe == "baseline" else (QUICK_MODEL, QUICK_TRAIN)
@@ -108,11 +108,11 @@ def test_checkpoint_round_trip_keeps_every_part_of_the_state(recipe: str, data: 
     for part in ("model", "best_state", "optimizer", "schedule", "rng", "average"):
         assert_same(getattr(state, part), getattr(back, part))
     assert set(back.rng) == {"order", "augment", "torch"}
-    assert (back.average is not None) == (recipe == "airbench")
+    assert (back.average is not None) == (recipe == "quick")
     assert back.optimizer["state"], "the optimizer's moments are saved"
 
 
-@pytest.mark.parametrize("recipe", ["baseline", "airbench"])
+@pytest.mark.parametrize("recipe", ["baseline", "quick"])
 def test_restored_state_draws_and_steps_as_the_saved_one_would(recipe: str, data: CifarData) -> None:
     model_cfg, train_cfg = (TINY, FAST) if recipe == "baseline" else (QUICK_MODEL, QUICK_TRAIN)
     state = started_state(model_cfg, train_cfg, data)
@@ -332,7 +332,7 @@ CLI_RECIPES = {
     "baseline": ["--set", "conv_filters=8,16", "--set", "conv_dropout=0,0.25", "--set", "dense_units=16",
                  "--set", "dense_dropout=0.25", "--set", "batch_size=32", "--subset", "400"],
     # whitening stem, one-cycle schedule, weight averaging, label smoothing, mirror averaging
-    "airbench": ["--preset", "airbench", "--set", "conv_filters=8,16,16", "--set", "batch_size=32",
+    "quick": ["--preset", "quick", "--set", "conv_filters=8,16,16", "--set", "batch_size=32",
               "--set", "precision=fp32", "--subset", "400"],
 }
 EPOCHS = 4
@@ -389,7 +389,7 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(recipe: str, c
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["baseline", "airbench"])
+@pytest.mark.parametrize("recipe", ["baseline", "quick"])
 def test_job_stopped_by_its_user_resumes_to_the_uninterrupted_result(recipe: str, cifar_root: Path,
                                                                     tmp_path: Path) -> None:
     model_cfg, train_cfg = (TINY, FAST) if recipe == "baseline" else (QUICK_MODEL, QUICK_TRAIN)

@@ -21,8 +21,10 @@ from cifar_core import runs
 from cifar_core.config import ModelConfig, TrainConfig
 from cifar_core.data import DEFAULT_CLASSES, CifarData, load_cifar10
 from cifar_core.evaluation import Evaluation, evaluate
+from cifar_core.model import build_model
 from cifar_core.pipeline import train_run
 from cifar_core.runs import (
+    WEIGHTS_FILE,
     RunError,
     atomic_write,
     history_csv,
@@ -409,3 +411,20 @@ def test_mistakes_are_wrong_and_most_confident_first() -> None:
     pair = ev.pair(3, 5)
     assert all(ev.labels[i] == 3 and ev.predicted[i] == 5 for i in pair)
     assert list(ev.probabilities[pair, 5]) == sorted(ev.probabilities[pair, 5], reverse=True)
+
+
+@pytest.mark.parametrize(("config", "shape"), [
+    (ModelConfig(conv_filters=(8, 16, 16, 16, 16, 16), convs_per_block=2, padding="same",
+                 head="global_max", dense_units=(), dense_dropout=()), (8, 3, 3, 3)),
+    (ModelConfig(stem="whiten", conv_filters=(8, 16), conv_dropout=0, padding="same", head="global_max",
+                 dense_units=(), dense_dropout=()), (24, 3, 2, 2)),
+], ids=["ten-or-more-names", "whitening-stem"])
+def test_first_conv_weights_are_those_that_see_the_image(tmp_path: Path, config: ModelConfig,
+                                                         shape: tuple[int, ...]) -> None:
+    # The weights file lists tensors by name: "conv1" < "conv10" < "conv2" < "stem".
+    model = build_model(config)
+    path = tmp_path / WEIGHTS_FILE
+    path.write_bytes(runs.save_weights_bytes(model.state_dict()))
+    expected = (model.layers.stem if config.stem == "whiten" else model.layers.conv1).weight
+    assert runs.first_conv_weights(path).shape == shape
+    np.testing.assert_array_equal(runs.first_conv_weights(path), expected.detach().numpy())
