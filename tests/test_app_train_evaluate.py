@@ -122,7 +122,7 @@ def trained_run(cifar_env: Path, tmp_path: Path) -> Path:
 def test_evaluate_page_normalises_switches_split_and_filters_mistakes(trained_run: Path) -> None:
     at = open_page("app_pages/evaluate.py")
     # It opens on the most accurate finished model (a bundled one, against a one-epoch run).
-    assert at.selectbox(key="evaluate.run").value.endswith("models/fast")
+    assert at.selectbox(key="evaluate.run").value.endswith("models/best")
     at.selectbox(key="evaluate.run").set_value(str(trained_run)).run()
 
     at.toggle(key="evaluate.normalize").set_value(True).run()
