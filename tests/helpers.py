@@ -1,9 +1,12 @@
-"""Small helpers several test modules share: encoding test images, reading plotly data."""
+"""Small helpers several test modules share: encoding test images, reading plotly data, a
+hostile pickle payload."""
 
 from __future__ import annotations
 
 import base64
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -29,3 +32,13 @@ def array(value: object) -> np.ndarray:
         shape = value.get("shape")
         return flat.reshape([int(n) for n in str(shape).split(",")]) if shape else flat
     return np.asarray(value)
+
+
+class WritesMarker:
+    """Pickles into a call that creates ``marker``: loading it proves code ran on unpickling."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import WritesMarker
 from streamlit.testing.v1 import AppTest
 
 from cifar_core import runs
@@ -146,14 +147,6 @@ def test_state_for_other_data_is_refused(data: CifarData, cifar_root: Path) -> N
     model = build_model(TINY)
     with pytest.raises(ValueError, match="trained on 200 images"):
         state.restore(model, set_up(model, other, FAST))
-
-
-class WritesMarker:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 def save_raw(run_dir: Path, values: object) -> None:

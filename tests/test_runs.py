@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import WritesMarker
 
 from cifar_core import runs
 from cifar_core.config import ModelConfig, TrainConfig
@@ -256,14 +257,6 @@ def test_damaged_run_folders_raise_run_error(run_dir: Path, tmp_path: Path, dama
 
 
 # --- weights ---------------------------------------------------------------------------
-
-class WritesMarker:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
 
 def test_torch_pickle_renamed_to_safetensors_is_refused(run_dir: Path, tmp_path: Path) -> None:
     path = copy_run(run_dir, tmp_path / "r")
