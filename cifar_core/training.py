@@ -346,12 +346,8 @@ def validate(model: nn.Module, data: CifarData, setup: TrainingSetup, tta_flip: 
 
 # --- saving and resuming --------------------------------------------------------
 
-def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
-
-
 def _plain(value: object) -> object:
-    """A copy of an optimizer or schedule state with every tensor on the CPU."""
+    """A copy of a state (model, optimizer, schedule) with every tensor on the CPU."""
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().clone()
     if isinstance(value, dict):
@@ -393,7 +389,7 @@ class TrainingState:
                "torch": torch.get_rng_state()}
         if setup.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(setup.device)
-        return cls(len(history), list(history), _cpu(model.state_dict()), _cpu(best_state),
+        return cls(len(history), list(history), _plain(model.state_dict()), _plain(best_state),
                    _plain(setup.optimizer.state_dict()), _plain(setup.schedule.state_dict()),
                    copy.copy(stopping), rng, setup.averager.state() if setup.averager else None,
                    setup.images_done, time.perf_counter() - setup.started, len(setup.y_train),
