@@ -123,9 +123,11 @@ HELP = {
                         "on the average follows closely; towards the end it moves slowly and "
                         "smooths out the noise of the last steps, which gives a better final "
                         "network at no cost (lookahead, as in airbench).",
-    "weight_decay": "Pulls every weight a little towards zero at every step. Smaller weights give a "
-                    "smoother, simpler function, which helps against overfitting. 0 turns it off; "
-                    "0.0005 is common with sgd.",
+    "weight_decay": "Pulls every weight a little towards zero at every step, by this much times "
+                    "the learning rate. Smaller weights give a smoother, simpler function, which "
+                    "helps against overfitting; before batch norm it also keeps the weights from "
+                    "growing, which would shrink the effective step size until learning stalls. "
+                    "0 turns it off; 0.0005 is common with sgd.",
     "adam_eps": "adam only. A tiny number added when adam divides by the gradient's size, so it "
                 "never divides by zero. Keras uses 1e-7, PyTorch 1e-8; it rarely matters.",
     "batch_size": "How many images are looked at together before each weight update. Larger "

@@ -106,6 +106,29 @@ def test_batch_norm_shifts_learn_faster_with_less_weight_decay() -> None:
     assert len(parameter_groups(model, dataclasses.replace(cfg, bias_lr_scale=1))) == 1
 
 
+@pytest.mark.parametrize("name", ["quick", "fast", "best"])
+def test_preset_sgd_steps_equal_airbench_own_optimizer(name: str) -> None:
+    """airbench's SGD, written out from its published hyperparameters (per 1,024 images, on
+    the sum of a batch's losses), and the preset's (on the mean) take the same steps."""
+    train = dataclasses.replace(PRESETS[name].train, label_smoothing=0.0)
+    torch.manual_seed(0)
+    ours = nn.Linear(16, 10, bias=False)
+    reference = nn.Linear(16, 10, bias=False)
+    reference.load_state_dict(ours.state_dict())
+    step_scale = 1024 * (1 + 1 / (1 - 0.85))
+    lr, decay = 11.5 / step_scale, 0.0153 * train.batch_size / step_scale
+    ref_optimizer = torch.optim.SGD(reference.parameters(), lr=lr, weight_decay=decay / lr,
+                                    momentum=0.85, nesterov=True)
+    optimizer = make_optimizer(ours, train, torch.device("cpu"))
+    for _ in range(5):
+        x, y = torch.randn(train.batch_size, 16), torch.randint(0, 10, (train.batch_size,))
+        for model, opt, reduction in ((ours, optimizer, "mean"), (reference, ref_optimizer, "sum")):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y, reduction=reduction).backward()
+            opt.step()
+    torch.testing.assert_close(ours.weight, reference.weight, rtol=1e-5, atol=1e-6)
+
+
 def test_weight_average_follows_the_lookahead_rule() -> None:
     torch.manual_seed(0)
     layer = nn.Linear(4, 2)
