@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -212,3 +214,24 @@ def test_thread_and_limit_settings_come_from_the_environment(monkeypatch: pytest
     monkeypatch.setenv("CIFAR_MAX_JOBS", "many")
     assert JobRegistry().max_jobs == 1, "a bad value falls back to the default"
     assert get_registry() is get_registry()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_training_thread_yields_the_cpu_to_pages(data: CifarData, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training job runs at a lower priority than the server's other threads."""
+    seen: list[int] = []
+    real_train_run = jobs.train_run
+
+    def recording_train_run(*args: object, **kwargs: object) -> dict:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real_train_run(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "train_run", recording_train_run)
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    registry = JobRegistry(max_jobs=1, torch_threads=1)
+    job_id = registry.submit(PRESET.model, train_cfg(epochs=1), data, preset="tiny",
+                             subset_size=64, runs_root=tmp_path)
+    wait_for(registry, job_id, lambda s: s.status == "finished")
+    assert seen == [min(19, here + jobs.TRAINING_NICE)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here
