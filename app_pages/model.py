@@ -29,6 +29,7 @@ from cifar_core.config import (
     form_values,
 )
 from cifar_core.devices import resolve_device
+from cifar_core.formatting import format_parameters
 from cifar_core.model import build_model, count_parameters, layer_table, summary, training_flops
 from cifar_core.runs import WEIGHTS_FILE, RunError, first_conv_weights
 
@@ -340,11 +341,11 @@ def draw_network(preset: str, model: ModelConfig) -> None:
     table, total, text, dot = describe_network(json.dumps(model.to_dict()))
     preset_total = describe_network(json.dumps(PRESETS[preset].model.to_dict()))[1]
     cols = st.columns(3)
-    cols[0].metric("Total params", f"{total:,}",
+    cols[0].metric("Total params", format_parameters(total),
                    delta=f"{total - preset_total:+,} vs preset" if total != preset_total else None,
                    delta_color="off",
-                   help="Every weight and bias the optimizer adjusts. Batch norm also keeps running "
-                        "averages, which are not parameters.")
+                   help=f"{total:,}: every weight and bias the optimizer adjusts. Batch norm also "
+                        "keeps running averages, which are not parameters.")
     cols[1].metric("Size as float32", f"{total * 4 / 2**20:.2f} MB")
     cols[2].metric("MFLOPs/image", f"{training_flops(model) / 1e6:,.0f}",
                    help="Approximately how many million arithmetic operations (FLOPs) it takes "

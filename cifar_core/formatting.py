@@ -56,3 +56,9 @@ def format_images(count: object) -> str:
 def format_count(value: float | None) -> str:
     """A rate or count rounded to a whole number with thousands separators; MISSING when unknown."""
     return f"{value:,.0f}" if value else MISSING
+
+
+def format_parameters(count: int) -> str:
+    """A parameter count as people say it: exact below a million ("167,818"), else "1.97 M"
+    (the exact figure of a larger one does not fit the Model page's metric)."""
+    return f"{count:,}" if count < 1_000_000 else f"{count / 1e6:.2f} M"

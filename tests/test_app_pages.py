@@ -188,7 +188,7 @@ def test_model_page_loads_presets_and_reports_bad_combinations(cifar_env: Path) 
     at.selectbox(key="model.preset").set_value("fast").run()
     assert_ok(at)
     fast = PRESETS["fast"]
-    assert metric(at, "Total params") == f"{count_parameters(build_model(fast.model)):,}"
+    assert metric(at, "Total params") == f"{count_parameters(build_model(fast.model)) / 1e6:.2f} M"
     assert at.radio(key="model.head").value == "global_max"
     assert at.session_state["config"][0] == "fast"
     assert at.session_state["config"][2].lr == fast.train.lr

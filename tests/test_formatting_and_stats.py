@@ -11,6 +11,7 @@ from cifar_core.formatting import (
     MISSING,
     format_count,
     format_images,
+    format_parameters,
     format_percent,
     format_seconds,
     format_setting,
@@ -22,6 +23,7 @@ def test_percentages_and_the_missing_mark() -> None:
     assert format_percent(0.8734) == "87.3%" and format_percent(0.5, 0) == "50%"
     assert format_percent(None) == format_percent("x") == format_percent(True) == MISSING
     assert format_count(1234.4) == "1,234" and format_count(None) == MISSING
+    assert format_parameters(167_818) == "167,818" and format_parameters(1_972_802) == "1.97 M"
     assert format_images(2000.0) == "2,000" and format_images(math.nan) == format_images(None) == "all"
 
 
