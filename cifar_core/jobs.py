@@ -168,12 +168,14 @@ class JobSnapshot:
 
 
 def yield_to_pages() -> None:
-    """Lower the calling thread's CPU priority (nice 10), so that when it and a page's script
-    run want the same core, the page goes first. Linux gives each thread its own nice
-    value (and threads it starts inherit it); elsewhere this does nothing."""
+    """Give the calling thread a nice value TRAINING_NICE above the server's main thread, so
+    that when it and a page's script run want the same core, the page goes first. Linux
+    gives each thread its own nice value (a thread's id names it; the main thread's is the
+    process id); elsewhere this does nothing."""
     if sys.platform == "linux":
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TRAINING_NICE)
+            server = os.getpriority(os.PRIO_PROCESS, os.getpid())
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, server + TRAINING_NICE))
 
 
 class Job:
