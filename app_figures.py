@@ -1,28 +1,48 @@
-"""Plotly figures and pixel pictures the pages draw: plain functions of arrays and frames.
+"""Plotly figures and pixel pictures the pages draw: functions of arrays and frames.
 
-The app side of plotting, so the core never imports plotly; ``add_cell_picker`` is the
-one helper that knows about Streamlit's selection events.
+The app side of plotting, so the core never imports plotly. Every plotly figure is
+``shared``: built once per server process for the same inputs and handed to every
+session as the same object, so a page must not change a figure it gets.
+``confusion_figure(pickable=True)`` is the one figure that knows about Streamlit's
+selection events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
+from typing import ParamSpec
 
 import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+import streamlit as st
 
 from cifar_core.model import LayerRow
 from cifar_core.stats import CHANNELS
 from cifar_core.training import HISTORY_COLUMNS, EpochRecord
+
+P = ParamSpec("P")
+
+# Building a figure costs 20-150 ms of Python (plotly validates every property; plotly
+# express more), most of a page's script time, and a class opening the same page at once
+# would queue that work behind one interpreter lock. st.cache_resource keeps the object
+# itself, without pickling; st.plotly_chart only reads it. Per figure function.
+SHARED_FIGURES = 64
+
+
+def shared(build: Callable[P, go.Figure]) -> Callable[P, go.Figure]:
+    """``build``, its figures kept per process for the same arguments and shared by all sessions."""
+    return st.cache_resource(max_entries=SHARED_FIGURES, show_spinner=False)(build)
+
 
 # --- dataset, model and prediction views ----------------------------------------
 
 CHANNEL_COLOURS = {"red": "#d62728", "green": "#2ca02c", "blue": "#1f77b4"}
 
 
+@shared
 def class_counts_figure(counts: pd.DataFrame) -> go.Figure:
     """Grouped bars: one group per class, one bar per split."""
     fig = px.bar(counts, x="class", y="images", color="split", barmode="group",
@@ -32,6 +52,7 @@ def class_counts_figure(counts: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@shared
 def channel_histogram_figure(histograms: np.ndarray) -> go.Figure:
     """Share of pixels at each value 0..255, one line per colour channel."""
     share = histograms / histograms.sum(axis=1, keepdims=True)
@@ -45,15 +66,18 @@ def channel_histogram_figure(histograms: np.ndarray) -> go.Figure:
     return fig
 
 
+@shared
 def top_k_figure(top: list[tuple[str, float]], height: int = 220) -> go.Figure:
     """Horizontal bars of the k most likely classes, the most likely on top."""
-    frame = pd.DataFrame(top, columns=["class", "probability"])
-    fig = px.bar(frame, x="probability", y="class", orientation="h", text_auto=".1%",
-                 range_x=[0, 1])
-    fig.update_layout(yaxis={"autorange": "reversed", "title": None}, xaxis_tickformat=".0%",
-                      xaxis_title=None, height=height, margin={"t": 10, "b": 10, "l": 10, "r": 10})
-    fig.update_traces(marker_color=["#3b6fd4"] + ["#9bb4e6"] * (len(frame) - 1),
-                      textposition="outside", cliponaxis=False)
+    # go.Bar, not plotly express: each upload draws its own, and px took 100 ms against 10.
+    labels, probabilities = zip(*top)
+    fig = go.Figure(go.Bar(x=probabilities, y=labels, orientation="h", texttemplate="%{x:.1%}",
+                           textposition="outside", cliponaxis=False,
+                           marker_color=["#3b6fd4"] + ["#9bb4e6"] * (len(top) - 1),
+                           hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
+    fig.update_layout(yaxis={"autorange": "reversed", "title": None},
+                      xaxis={"range": [0, 1], "tickformat": ".0%", "title": None},
+                      height=height, margin={"t": 10, "b": 10, "l": 10, "r": 10})
     return fig
 
 
@@ -123,6 +147,7 @@ def history_frame(history: Sequence[EpochRecord]) -> pd.DataFrame:
     return pd.DataFrame([asdict(r) for r in history], columns=list(HISTORY_COLUMNS))
 
 
+@shared
 def training_curves_figure(history: Sequence[EpochRecord], metric: str = "loss",
                            best_epoch: int | None = None, epochs: int | None = None) -> go.Figure:
     """Train and validation ``loss`` or ``accuracy`` per epoch, the best epoch marked.
@@ -150,9 +175,11 @@ def training_curves_figure(history: Sequence[EpochRecord], metric: str = "loss",
     return fig
 
 
+@shared
 def confusion_figure(matrix: np.ndarray, classes: Sequence[str], normalized: bool = False,
-                     title: str = "Confusion matrix") -> go.Figure:
-    """Heatmap with true classes as rows (top to bottom) and predicted classes as columns."""
+                     title: str = "Confusion matrix", pickable: bool = False) -> go.Figure:
+    """Heatmap with true classes as rows (top to bottom) and predicted classes as columns;
+    ``pickable`` makes its cells clickable in Streamlit (``_add_cell_picker``)."""
     labels = list(classes)
     value = "%{z:.0%}" if normalized else "%{z:,}"
     fig = go.Figure(go.Heatmap(
@@ -163,9 +190,10 @@ def confusion_figure(matrix: np.ndarray, classes: Sequence[str], normalized: boo
     fig.update_layout(title=title, height=560, margin={"t": 50, "b": 10},
                       xaxis={"title": "predicted class", "side": "bottom", "constrain": "domain"},
                       yaxis={"title": "true class", "autorange": "reversed", "scaleanchor": "x"})
-    return fig
+    return _add_cell_picker(fig, labels) if pickable else fig
 
 
+@shared
 def per_class_figure(report: pd.DataFrame) -> go.Figure:
     """Grouped bars of precision, recall and F1 per class (columns of Evaluation.per_class())."""
     long = report.melt(id_vars="class", value_vars=["precision", "recall", "f1"],
@@ -180,7 +208,7 @@ def per_class_figure(report: pd.DataFrame) -> go.Figure:
 
 # --- confusion through training, run comparison ---------------------------------------
 
-def add_cell_picker(fig: go.Figure, classes: Sequence[str]) -> go.Figure:
+def _add_cell_picker(fig: go.Figure, classes: Sequence[str]) -> go.Figure:
     """Make a confusion heatmap's cells clickable in Streamlit.
 
     Streamlit's plotly selection events carry nothing for heatmap traces, so an invisible
@@ -207,6 +235,7 @@ def add_cell_picker(fig: go.Figure, classes: Sequence[str]) -> go.Figure:
     return fig
 
 
+@shared
 def confusion_change_figure(current: np.ndarray, previous: np.ndarray, classes: Sequence[str],
                             title: str = "Change since the previous epoch") -> go.Figure:
     """What changed between two confusion matrices, coloured by whether it is progress.
@@ -230,6 +259,7 @@ def confusion_change_figure(current: np.ndarray, previous: np.ndarray, classes: 
     return fig
 
 
+@shared
 def epoch_accuracy_figure(matrices: np.ndarray, classes: Sequence[str], epoch: int | None = None,
                           best_epoch: int | None = None) -> go.Figure:
     """Validation accuracy per epoch read from the matrices (E, K, K), and each class's recall.
@@ -263,6 +293,7 @@ def epoch_accuracy_figure(matrices: np.ndarray, classes: Sequence[str], epoch: i
     return fig
 
 
+@shared
 def comparison_curves_figure(curves: pd.DataFrame, metric: str = "val_acc") -> go.Figure:
     """One line per run of ``metric`` (val_acc or val_loss) per epoch; ``curves`` is long
     format with columns run, epoch and the metric (``compare.curves_frame``).
@@ -315,6 +346,7 @@ def overlay_heatmap(image: np.ndarray, heat: np.ndarray, strength: float = 0.65)
     return np.uint8(np.round(blended))
 
 
+@shared
 def explanation_figure(panels: Sequence[tuple[str, np.ndarray]], height: int = 300) -> go.Figure:
     """RGB images (H, W, 3) side by side, each with its title, pixels drawn as squares."""
     from plotly.subplots import make_subplots
@@ -355,6 +387,7 @@ def feature_grid(maps: np.ndarray, columns: int = 8, scale: int = 1, gap: int = 
 
 # --- experiments -----------------------------------------------------------------
 
+@shared
 def arms_curves_figure(arms: Sequence[tuple[str, Sequence[EpochRecord]]],
                        with_train: bool = False) -> go.Figure:
     """Validation accuracy per epoch, one line per arm; ``with_train`` adds dashed train lines."""
@@ -373,6 +406,7 @@ def arms_curves_figure(arms: Sequence[tuple[str, Sequence[EpochRecord]]],
     return fig
 
 
+@shared
 def grad_norms_figure(arms: Sequence[tuple[str, Sequence[Mapping[str, float]]]]) -> go.Figure:
     """Mean gradient norm per layer in the last epoch, input to output, on a log scale."""
     rows = []

@@ -8,7 +8,6 @@ import streamlit as st
 
 import app_state
 from app_figures import (
-    add_cell_picker,
     comparison_curves_figure,
     confusion_change_figure,
     confusion_figure,
@@ -98,8 +97,8 @@ def draw_confusion(result: Evaluation, split: str) -> None:
     normalized = st.toggle("Row shares instead of counts", key="evaluate.normalize",
                            help="Divide each row by its total, so classes compare on the same scale.")
     fig = confusion_figure(result.confusion(normalize=normalized), result.classes, normalized,
-                           title=f"{SPLITS[split]} set: true class (rows) vs prediction (columns)")
-    add_cell_picker(fig, result.classes)
+                           title=f"{SPLITS[split]} set: true class (rows) vs prediction (columns)",
+                           pickable=True)
     st.plotly_chart(fig, width="stretch", key="evaluate.confusion",
                     on_select=lambda: pick_cell(result.classes), selection_mode="points")
     st.caption("Click a cell to see its images below, the most confident first.")

@@ -13,6 +13,7 @@ preset; keys are the field names of ModelConfig and TrainConfig, which never cla
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal, get_args, get_origin, get_type_hints
 
@@ -223,6 +224,7 @@ def _known(cls: type, values: dict, what: str) -> dict:
     return values
 
 
+@functools.cache  # get_type_hints evaluates every annotation: ms per config otherwise
 def _options(cls: type) -> dict[str, tuple]:
     hints = get_type_hints(cls)
     return {name: get_args(hint) for name, hint in hints.items() if get_origin(hint) is Literal}

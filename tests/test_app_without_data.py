@@ -11,6 +11,7 @@ import socket
 import time
 from pathlib import Path
 
+import plotly.graph_objects as go
 import pytest
 from conftest import make_archive, write_cifar
 from streamlit.testing.v1 import AppTest
@@ -91,6 +92,19 @@ def test_evaluate_draws_the_bundled_model_from_its_stored_results(no_data: Path)
     at.radio(key="evaluate.split").set_value("val").run()
     assert_ok(at)
     assert any("validation set needs the CIFAR-10 images" in info.value for info in at.info)
+
+
+def test_every_visitor_gets_the_same_figures_built_once(no_data: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    first = figures(open_page("app_pages/evaluate.py"))
+    built = []
+    original = go.Figure.__init__
+    monkeypatch.setattr(go.Figure, "__init__",
+                        lambda self, *args, **kwargs: built.append(1) or original(self, *args, **kwargs))
+    second = figures(open_page("app_pages/evaluate.py"))  # another visitor, the same model
+    assert not built  # every figure came from the first visitor's
+    assert second == first  # and no page changed a shared figure after drawing it
+    assert len(second["evaluate.confusion"]["data"]) == 2  # the heatmap and its clickable cells
 
 
 def test_predict_classifies_uploads_without_the_data(no_data: Path) -> None:

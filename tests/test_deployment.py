@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from cifar_core.deployment import cpu_quota, current_profile, detect
 from cifar_core.jobs import JobLimitError, JobRegistry, default_torch_threads
 from cifar_core.runs import RunMetrics
 
-APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "streamlit_app.py")
 
 
 @pytest.fixture()
@@ -196,3 +199,15 @@ def test_cloud_requirements_keep_the_main_pins_with_cpu_torch() -> None:
         tag = "cp" + version.replace(".", "")
         assert wheel.url == ("https://download.pytorch.org/whl/cpu/"
                              f"torch-{torch_pin}%2Bcpu-{tag}-{tag}-manylinux_2_28_x86_64.whl")
+
+
+def test_the_server_skips_streamlits_collection_after_every_script_run() -> None:
+    # A full collection after each run (Streamlit's default) held the interpreter lock for
+    # 0.2-0.7 s per run, every second per visitor watching a training run; the option is
+    # hidden, so a misspelt name would be ignored silently: read it back as the server does.
+    option = "'runner.postScriptGC'"
+    script = ("from streamlit import config; config.get_config_options(force_reparse=True); "
+              f"print(config.get_option({option}), config.get_where_defined({option}))")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", str(ROOT / ".streamlit" / "config.toml")]
