@@ -12,6 +12,9 @@ on the batch, never a Python loop over images:
   images; the standard CIFAR recipe, done by indexing.
 - ``translate_flip``: the same with 2 pixels of padding (airbench's translation): a
   milder change, which short runs learn from faster.
+- ``translate_altflip``: 2-pixel shifts, and each image mirrored in every other epoch
+  (``alternating_flips``) instead of at random, so any two epochs in a row show every
+  image both ways (airbench's alternating flip).
 
 Inputs and outputs are float tensors (N, C, H, W).
 """
@@ -50,16 +53,18 @@ def random_affine(x: torch.Tensor, generator: torch.Generator | None = None,
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None,
-                     pad: int = 4, flip: bool = True) -> torch.Tensor:
-    """Reflect-pad by ``pad``, take a random crop of the original size, flip half."""
+                     pad: int = 4, flip: bool | torch.Tensor = True) -> torch.Tensor:
+    """Reflect-pad by ``pad``, take a random crop of the original size, and mirror half of
+    the images at random, or those a boolean mask (N,) ``flip`` marks."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    if flip:
-        flipped = torch.rand(n, generator=generator, device=x.device) < 0.5
+    if isinstance(flip, torch.Tensor) or flip:
+        flipped = flip if isinstance(flip, torch.Tensor) else \
+            torch.rand(n, generator=generator, device=x.device) < 0.5
         # A flipped crop reads its columns right to left.
         cols = torch.where(flipped[:, None, None, None], cols.flip(-1), cols)
     batch = torch.arange(n, device=x.device)[:, None, None, None]
@@ -67,7 +72,17 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None,
     return padded[batch, channel, rows, cols]
 
 
-def augment(x: torch.Tensor, kind: Augmentation, generator: torch.Generator | None = None) -> torch.Tensor:
+def alternating_flips(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Which of ``n`` training images ``translate_altflip`` mirrors in ``epoch`` (from 1):
+    a random half, fixed by the seed, in odd epochs and the other half in even ones."""
+    first = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.5
+    return first ^ (epoch % 2 == 0)
+
+
+def augment(x: torch.Tensor, kind: Augmentation, generator: torch.Generator | None = None,
+            flips: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` changed by augmentation ``kind``; ``flips`` (N,) marks the images that
+    ``translate_altflip`` mirrors (training passes ``alternating_flips``), else half at random."""
     if kind == "none":
         return x
     if kind == "keras":
@@ -76,6 +91,8 @@ def augment(x: torch.Tensor, kind: Augmentation, generator: torch.Generator | No
         return random_crop_flip(x, generator)
     if kind == "translate_flip":
         return random_crop_flip(x, generator, pad=2)
+    if kind == "translate_altflip":
+        return random_crop_flip(x, generator, pad=2, flip=True if flips is None else flips)
     raise ValueError(f"unknown augmentation {kind!r}; choose from {AUGMENTATIONS}")
 
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import augment
+from .augment import alternating_flips, augment
 from .config import Monitor, TrainConfig
 from .data import CifarData
 from .devices import autocast, resolve_device, use_bf16
@@ -294,11 +294,14 @@ def train_epoch(model: nn.Module, setup: TrainingSetup, cfg: TrainConfig, epoch:
     correct = torch.zeros((), device=s.device, dtype=torch.long)
     grad_sums = torch.zeros(len(s.weighted), device=s.device)
     lr = s.optimizer.param_groups[0]["lr"]
+    flips = (alternating_flips(len(s.y_train), cfg.seed, epoch).to(s.device)
+             if cfg.augmentation == "translate_altflip" else None)
     seen = steps = 0
     stopped = False
     for b in range(s.batches):
         idx = perm[b * s.batch_size:(b + 1) * s.batch_size]
-        x = augment(to_input(s.x_train[idx]), cfg.augmentation, s.aug_gen)
+        x = augment(to_input(s.x_train[idx]), cfg.augmentation, s.aug_gen,
+                    None if flips is None else flips[idx])
         x = x.contiguous(memory_format=s.memory_format)
         y = s.y_train[idx]
         with autocast(s.device, s.bf16):

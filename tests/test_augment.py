@@ -11,7 +11,7 @@ import torch
 from scipy import ndimage
 from torch.overrides import TorchFunctionMode
 
-from cifar_core.augment import augment, random_affine, random_crop_flip
+from cifar_core.augment import alternating_flips, augment, random_affine, random_crop_flip
 
 
 def images(n: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -189,3 +189,20 @@ def test_translate_flip_moves_each_image_by_at_most_two_pixels() -> None:
         assert matches, f"image {i} is no crop of its input padded by 2"
         used.add(matches[0])
     assert len(used) >= 8 and any(k >= 25 for k in used) and any(k < 25 for k in used)
+
+
+def test_alternating_flips_mirror_each_image_every_other_epoch() -> None:
+    first, second, third = (alternating_flips(10_000, seed=3, epoch=e) for e in (1, 2, 3))
+    assert 0.48 < first.float().mean() < 0.52
+    assert torch.equal(second, ~first) and torch.equal(third, first)
+    assert not torch.equal(alternating_flips(10_000, seed=4, epoch=1), first)
+
+
+def test_translate_altflip_mirrors_exactly_the_marked_images() -> None:
+    x = images(24, seed=9)
+    marks = torch.arange(24) % 3 == 0
+    out = augment(x, "translate_altflip", gen(6), flips=marks).numpy()
+    for i in range(24):
+        matches = [k for k, crop in enumerate(reference_crops(x[i].numpy(), pad=2))
+                   if np.array_equal(out[i], crop)]
+        assert matches and all((k >= 25) == bool(marks[i]) for k in matches), i

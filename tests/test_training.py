@@ -267,3 +267,20 @@ def test_the_epoch_event_says_whether_another_epoch_follows(
     events = rec.of(EpochEvent)
     assert [e.last for e in events] == [False] * (last_epoch - 1) + [True]
     assert events[-1].stopped_early is stopped_early
+
+
+def test_altflip_shows_each_training_image_mirrored_in_alternate_epochs(
+        data: CifarData, monkeypatch: pytest.MonkeyPatch) -> None:
+    mirrored: list[dict[bytes, bool]] = [{}, {}]
+    augment = training.augment
+
+    def spy(x: torch.Tensor, kind: str, generator: torch.Generator, flips: torch.Tensor) -> torch.Tensor:
+        epoch = mirrored[0] if len(mirrored[0]) < 384 else mirrored[1]  # 12 batches of 32 per epoch
+        epoch.update({image.numpy().tobytes(): bool(f) for image, f in zip(x, flips, strict=True)})
+        return augment(x, kind, generator, flips)
+
+    monkeypatch.setattr(training, "augment", spy)
+    fit(tiny_model(), data, tiny_config(epochs=2, augmentation="translate_altflip"))
+    both = mirrored[0].keys() & mirrored[1].keys()
+    assert len(both) > 300 and 0.3 < np.mean(list(mirrored[0].values())) < 0.7
+    assert all(mirrored[0][image] != mirrored[1][image] for image in both)
