@@ -7,14 +7,16 @@ in ``st.session_state``, so each visitor has their own and it survives moving be
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
+import functools
 import itertools
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,106 @@ def reload_data() -> None:
     _load.clear()
 
 
+# --- how long each script run takes on the server ------------------------------------------
+
+TIMING_LOG_ENV = "CIFAR_TIMING_LOG"  # a path: one JSON line per script run is appended there
+TIMING_PROFILE_ENV = "CIFAR_TIMING_PROFILE"  # a folder: a cProfile of every script run lands there
+timing_log = logging.getLogger("cifar_lab.timing")
+_timing_lock = threading.Lock()
+_profile_numbers = itertools.count(1)
+# How a script run ended, by the name of what page.run() raised; "ok" when it returned.
+_OUTCOMES = {"RerunException": "rerun", "StopException": "stopped"}
+
+
+# Set while run_page runs a page: a fragment drawn inside that run is part of its timing.
+_in_page_run = threading.local()
+
+
+def run_page(page: st.Page) -> None:
+    """Run the navigation's page (``st.navigation(...)``'s result) and time it on the server.
+
+    Every script run is logged to ``cifar_lab.timing`` (page, session, wall and CPU
+    seconds, how it ended) and, with ``CIFAR_TIMING_LOG`` set, appended to that file as a
+    JSON line for benchmarks/load.py (with torch's thread count in this script thread).
+    A fragment's reruns on their own are timed by ``fragment``.
+    """
+    # Each script run is a new thread: give it the cores training leaves free, not the one
+    # thread a training job set process-wide.
+    use_page_threads()
+    _in_page_run.active = True
+    try:
+        with _timed(page.title):
+            page.run()
+    finally:
+        _in_page_run.active = False
+
+
+def fragment(label: str, run_every: float | None = None) -> Callable[[Callable], Callable]:
+    """``st.fragment``, its reruns on their own (a live view's refresh, a click inside it)
+    timed like a page's script run under ``label`` (``timed_fragment``)."""
+    return lambda draw: st.fragment(timed_fragment(label, draw), run_every=run_every)
+
+
+def timed_fragment(label: str, draw: Callable) -> Callable:
+    """``draw``, timed under ``label`` and marked ``"fragment": true`` when it runs on its own;
+    within a page's script run it is part of that run's time."""
+    @functools.wraps(draw)
+    def timed(*args: object, **kwargs: object) -> object:
+        if getattr(_in_page_run, "active", False):
+            return draw(*args, **kwargs)
+        with _timed(label, fragment=True):
+            return draw(*args, **kwargs)
+
+    return timed
+
+
+@contextlib.contextmanager
+def _timed(label: str, fragment: bool = False) -> Iterator[None]:
+    ctx = get_script_run_ctx()
+    profile_dir = os.environ.get(TIMING_PROFILE_ENV)
+    profiler = cProfile.Profile() if profile_dir else None  # this thread only (Python 3.11)
+    started, wall, cpu = time.time(), time.perf_counter(), time.thread_time()
+    outcome = "error"
+    try:
+        if profiler is not None:
+            profiler.enable()
+        yield
+        outcome = "ok"
+    except BaseException as err:
+        outcome = _OUTCOMES.get(type(err).__name__, "error")
+        raise
+    finally:
+        if profiler is not None:
+            profiler.disable()
+        record = {"t": round(started, 3), "page": label,
+                  "session": ctx.session_id if ctx else None,
+                  "seconds": round(time.perf_counter() - wall, 4),
+                  "cpu": round(time.thread_time() - cpu, 4), "outcome": outcome,
+                  "threads": torch.get_num_threads()}
+        if fragment:
+            record["fragment"] = True
+        if ctx is not None and ctx.query_string:
+            record["query"] = ctx.query_string
+        _record_timing(record, profiler, profile_dir)
+
+
+def _record_timing(record: dict, profiler: cProfile.Profile | None, profile_dir: str | None) -> None:
+    timing_log.info("%s %s session %s: %.3f s (%.3f s CPU, %s)",
+                    "fragment" if record.get("fragment") else "page", record["page"], record["session"],
+                    record["seconds"], record["cpu"], record["outcome"])
+    path = os.environ.get(TIMING_LOG_ENV)
+    try:
+        if profiler is not None and profile_dir:
+            name = f"{record['page']}-{record['session']}-{next(_profile_numbers)}.prof"
+            profiler.dump_stats(os.path.join(profile_dir, name.replace("/", "_")))
+            record["profile"] = name
+        if path:
+            with _timing_lock, open(path, "a", encoding="utf-8") as out:
+                out.write(json.dumps(record) + "\n")
+    except OSError as err:  # a measurement must never break the page
+        timing_log.warning("cannot write timing to %s: %s", path or profile_dir, err)
+
+
 # --- the download in the background, one for every session ---------------------------
 
 def auto_download() -> bool:
@@ -127,7 +229,7 @@ def draw_data_missing(what: str, err: DataError | None = None) -> None:
             "Open the **Dataset** page to download or upload them.", icon=":material/cloud_off:")
 
 
-@st.fragment(run_every=1.0)
+@fragment("Download progress", run_every=1.0)
 def draw_download_progress() -> None:
     """The shared download's progress bar, refreshed every second; when the data is in
     place, the whole page runs again with it."""
@@ -271,68 +373,3 @@ def last_trained_dir() -> str | None:
     job_id = st.session_state.get(TRAIN_JOB_KEY)
     snap = get_registry().snapshot(job_id) if job_id else None
     return str(snap.run_dir) if snap is not None and snap.run_dir and not snap.active else None
-
-
-# --- how long each script run takes on the server ------------------------------------------
-
-TIMING_LOG_ENV = "CIFAR_TIMING_LOG"  # a path: one JSON line per script run is appended there
-TIMING_PROFILE_ENV = "CIFAR_TIMING_PROFILE"  # a folder: a cProfile of every script run lands there
-timing_log = logging.getLogger("cifar_lab.timing")
-_timing_lock = threading.Lock()
-_profile_numbers = itertools.count(1)
-# How a script run ended, by the name of what page.run() raised; "ok" when it returned.
-_OUTCOMES = {"RerunException": "rerun", "StopException": "stopped"}
-
-
-def run_page(page: st.Page) -> None:
-    """Run the navigation's page (``st.navigation(...)``'s result) and time it on the server.
-
-    Every script run is logged to ``cifar_lab.timing`` (page, session, wall and CPU
-    seconds, how it ended) and, with ``CIFAR_TIMING_LOG`` set, appended to that file as a
-    JSON line for benchmarks/load.py (with torch's thread count in this script thread).
-    Fragment reruns (the Train page's live view) run only their fragment, not the page, so
-    they are not in it.
-    """
-    # Each script run is a new thread: give it the cores training leaves free, not the one
-    # thread a training job set process-wide.
-    use_page_threads()
-    ctx = get_script_run_ctx()
-    profile_dir = os.environ.get(TIMING_PROFILE_ENV)
-    profiler = cProfile.Profile() if profile_dir else None  # this thread only (Python 3.11)
-    started, wall, cpu = time.time(), time.perf_counter(), time.thread_time()
-    outcome = "error"
-    try:
-        if profiler is not None:
-            profiler.enable()
-        page.run()
-        outcome = "ok"
-    except BaseException as err:
-        outcome = _OUTCOMES.get(type(err).__name__, "error")
-        raise
-    finally:
-        if profiler is not None:
-            profiler.disable()
-        record = {"t": round(started, 3), "page": page.title,
-                  "session": ctx.session_id if ctx else None,
-                  "seconds": round(time.perf_counter() - wall, 4),
-                  "cpu": round(time.thread_time() - cpu, 4), "outcome": outcome,
-                  "threads": torch.get_num_threads()}
-        if ctx is not None and ctx.query_string:
-            record["query"] = ctx.query_string
-        _record_timing(record, profiler, profile_dir)
-
-
-def _record_timing(record: dict, profiler: cProfile.Profile | None, profile_dir: str | None) -> None:
-    timing_log.info("page %s session %s: %.3f s (%.3f s CPU, %s)", record["page"], record["session"],
-                    record["seconds"], record["cpu"], record["outcome"])
-    path = os.environ.get(TIMING_LOG_ENV)
-    try:
-        if profiler is not None and profile_dir:
-            name = f"{record['page']}-{record['session']}-{next(_profile_numbers)}.prof"
-            profiler.dump_stats(os.path.join(profile_dir, name.replace("/", "_")))
-            record["profile"] = name
-        if path:
-            with _timing_lock, open(path, "a", encoding="utf-8") as out:
-                out.write(json.dumps(record) + "\n")
-    except OSError as err:  # a measurement must never break the page
-        timing_log.warning("cannot write timing to %s: %s", path or profile_dir, err)

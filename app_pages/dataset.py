@@ -115,7 +115,7 @@ def draw_class_counts(data: CifarData) -> None:
         "the classes are still balanced, so accuracy is a fair summary.")
 
 
-@st.fragment
+@app_state.fragment("Dataset: images")
 def draw_image_grid(data: CifarData) -> None:
     left, middle, right = st.columns([2, 3, 1], vertical_alignment="bottom")
     split = left.selectbox("Split", list(SPLITS), format_func=SPLITS.get, key="dataset.grid_split")
@@ -161,7 +161,7 @@ def draw_pixel_statistics(data: CifarData) -> None:
         st.plotly_chart(figures.channel_histogram_figure(histograms), key="dataset.histograms")
 
 
-@st.fragment
+@app_state.fragment("Dataset: augmentation")
 def draw_augmentation(data: CifarData) -> None:
     current = app_state.get_config()[2].augmentation
     left, right = st.columns([5, 1], vertical_alignment="bottom")

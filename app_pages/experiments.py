@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app_figures import arms_curves_figure, grad_norms_figure
-from app_state import get_data
+from app_state import fragment, get_data
 from cifar_core.data import subset
 from cifar_core.experiments import (
     EXPERIMENTS,
@@ -87,7 +87,7 @@ def runs_active(job_ids: list[str]) -> bool:
 polling = runs_active(st.session_state.get(state_key) or [])
 
 
-@st.fragment(run_every=2 if polling else None)
+@fragment("Experiments: live progress", run_every=2 if polling else None)
 def draw_live_progress() -> None:
     job_ids = st.session_state.get(state_key)
     if not job_ids:

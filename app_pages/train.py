@@ -142,7 +142,7 @@ def current_job() -> tuple[JobSnapshot | None, bool]:
 def draw_live_view(job_id: str, poll: bool) -> None:
     """Redraws itself every second while ``poll``; a full rerun follows when the job ends."""
 
-    @st.fragment(run_every=REFRESH_SECONDS if poll else None)
+    @app_state.fragment("Train: live view", run_every=REFRESH_SECONDS if poll else None)
     def view() -> None:
         snap = get_registry().snapshot(job_id)
         if snap is None:

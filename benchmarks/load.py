@@ -20,8 +20,9 @@ Printed per page:
   click, so every script run completes.
 - server: the script time of that view on the server, the sum of the timing log's runs
   of that session that started within the view (the log maps a session to its browser
-  through ``?client=K`` in the URL it opened first). Fragment reruns (the Train page's
-  live view, the Experiments page's poll) are not in the log.
+  through ``?client=K`` in the URL it opened first). Reruns of a fragment on its own (the
+  Train page's live view every second, the Experiments page's poll) are printed apart,
+  per fragment.
 - failed views (timed out, or an exception or error box shown), bytes received by the
   browser per view (websocket frames and /media/ files), and the server's peak resident
   memory (VmHWM from /proc).
@@ -326,7 +327,9 @@ def attach_server_times(views: list[View], records: list[dict]) -> dict[str, int
 
     A view that failed (the browser gave up) keeps the server time spent on it until the
     session clicked on, which stops the script: a lower bound of what it would have taken.
+    Fragment reruns (``fragment_runs``) are left out: they go on while the visitor reads.
     """
+    records = [r for r in records if not r.get("fragment")]
     client_of: dict[str, str] = {}
     for r in records:
         client = parse_qs(r.get("query", "")).get("client", [None])[0]
@@ -352,6 +355,23 @@ def attach_server_times(views: list[View], records: list[dict]) -> dict[str, int
     return {"sessions_mapped": sum(c != "trainer" for c in client_of.values())}
 
 
+def fragment_runs(records: list[dict]) -> dict[str, dict]:
+    """Per fragment, its reruns on their own (live views refreshing, clicks inside it): how many,
+    and their server wall and CPU seconds."""
+    by_label: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("fragment"):
+            by_label.setdefault(r["page"], []).append(r)
+    return {label: {"runs": len(mine), "server": stats([r["seconds"] for r in mine]),
+                    "server_cpu": stats([r["cpu"] for r in mine])}
+            for label, mine in sorted(by_label.items())}
+
+
+def print_fragments(fragments: dict[str, dict]) -> None:
+    for label, f in fragments.items():
+        print(f"fragment {label}: {f['runs']} reruns, server {fmt(f['server'])}, CPU {fmt(f['server_cpu'])}")
+
+
 def resummarize(path: Path) -> None:
     """Print the table of a saved --out file again, with the server times attributed anew."""
     saved = json.loads(path.read_text())
@@ -359,6 +379,7 @@ def resummarize(path: Path) -> None:
              for view in saved["views"]]
     attach_server_times(views, saved["server_runs"])
     print_table(saved["sessions"], summarize(views))
+    print_fragments(fragment_runs(saved["server_runs"]))
 
 
 def profile_summary(folder: Path, top: int = 14) -> dict[str, list[tuple[str, int, float, float]]]:
@@ -482,7 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         info["torch_threads_in_script_runs"] = sorted({r.get("threads") for r in records
                                                        if r.get("threads") is not None})
     table = summarize(views)
+    fragments = fragment_runs(records)
     print_table(args.sessions, table)
+    print_fragments(fragments)
     print(f"\nserver peak RSS {info['peak_rss_mb']:,.0f} MB; server CPU {info['server_cpu_seconds']:.0f} s "
           f"over a {info['walk_seconds']:.0f} s walk; {info['script_runs']} script runs "
           f"{info['script_outcomes']}; sessions matched to the log: "
@@ -504,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(json.dumps({
             "sessions": args.sessions, "rounds": args.rounds, "photo_bytes": len(photo[1]),
-            "info": info, "summary": table, "views": [asdict(v) for v in views],
+            "info": info, "summary": table, "fragments": fragments, "views": [asdict(v) for v in views],
             "server_runs": records}, indent=1))
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from conftest import CLASSES, make_archive, write_cifar
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+import app_state
 from cifar_core.config import PRESETS, ModelConfig, TrainConfig
 from cifar_core.data import load_cifar10
 from cifar_core.inference import predict_files
@@ -286,3 +288,23 @@ def test_every_script_run_is_timed_on_the_server(cifar_env: Path, tmp_path: Path
     assert all(r["outcome"] == "ok" and 0 < r["seconds"] < 60 and r["cpu"] >= 0 for r in records)
     assert [r.getMessage().split(" session")[0] for r in caplog.records
             if r.name == "cifar_lab.timing"] == ["page Dataset", "page Model", "page Experiments"]
+
+
+def test_a_fragment_rerun_on_its_own_is_timed_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "timing.jsonl"
+    monkeypatch.setenv("CIFAR_TIMING_LOG", str(log))
+    calls = []
+    # What st.fragment runs, on a rerun of the fragment alone or within its page's run
+    # (outside a running app, st.fragment itself draws nothing).
+    draw = app_state.timed_fragment("Test: live view", lambda: calls.append(time.perf_counter()))
+
+    class Page:
+        title = "Test"
+        run = staticmethod(draw)
+
+    draw()  # a rerun of the fragment alone, as its run_every timer starts one
+    app_state.run_page(Page())  # the fragment drawn within its page's run: part of that run
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["page"], r.get("fragment", False), r["outcome"]) for r in records] == [
+        ("Test: live view", True, "ok"), ("Test", False, "ok")]
+    assert len(calls) == 2
