@@ -33,10 +33,10 @@ AUGMENTATION_NOTES = {
                  "keeps the picture undistorted.",
     "translate_flip": "The same with 2 pixels of padding instead of 4 (airbench's recipe): each image "
                       "moves by at most 2 pixels. Milder, so a short run learns from it faster.",
-    "translate_altflip": "2-pixel shifts as above, but the mirroring alternates: a random half of "
-                         "the images is mirrored in odd epochs and the other half in even ones, so "
-                         "every two epochs show each image both ways (airbench's alternating flip). "
-                         "Within one epoch it looks like the examples here.",
+    "translate_altflip": "2-pixel shifts as in translate_flip, but the mirroring alternates: a "
+                         "random half of the images is mirrored in odd epochs and the other half in "
+                         "even ones, so every two epochs show each image both ways (airbench's "
+                         "alternating flip). Within one epoch it looks like the examples here.",
 }
 
 
