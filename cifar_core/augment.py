@@ -62,11 +62,11 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None,
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    if isinstance(flip, torch.Tensor) or flip:
-        flipped = flip if isinstance(flip, torch.Tensor) else \
-            torch.rand(n, generator=generator, device=x.device) < 0.5
+    if flip is True:
+        flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+    if flip is not False:
         # A flipped crop reads its columns right to left.
-        cols = torch.where(flipped[:, None, None, None], cols.flip(-1), cols)
+        cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
     return padded[batch, channel, rows, cols]
