@@ -1,40 +1,53 @@
 """Plotly figures and pixel pictures the pages draw: functions of arrays and frames.
 
-The app side of plotting, so the core never imports plotly. Every plotly figure is
-``shared``: built once per server process for the same inputs and handed to every
-session as the same object, so a page must not change a figure it gets.
+The app side of plotting, so the core never imports plotly. Every plotly figure, and the
+PNG of a picture (``png``), is ``shared``: built once per server process for the same
+inputs and handed to every session as the same object, so a page must not change one.
 ``confusion_figure(pickable=True)`` is the one figure that knows about Streamlit's
 selection events.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
-from typing import ParamSpec
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
+from PIL import Image
 
 from cifar_core.model import LayerRow
 from cifar_core.stats import CHANNELS
 from cifar_core.training import HISTORY_COLUMNS, EpochRecord
 
 P = ParamSpec("P")
+T = TypeVar("T")
 
 # Building a figure costs 20-150 ms of Python (plotly validates every property; plotly
 # express more), most of a page's script time, and a class opening the same page at once
-# would queue that work behind one interpreter lock. st.cache_resource keeps the object
-# itself, without pickling; st.plotly_chart only reads it. Per figure function.
-SHARED_FIGURES = 64
+# would queue that work behind one interpreter lock; so did encoding the same pictures as
+# PNG for every visitor. st.cache_resource keeps the object itself, without pickling;
+# st.plotly_chart and st.image only read it. Per function.
+SHARED_ENTRIES = 128
 
 
-def shared(build: Callable[P, go.Figure]) -> Callable[P, go.Figure]:
-    """``build``, its figures kept per process for the same arguments and shared by all sessions."""
-    return st.cache_resource(max_entries=SHARED_FIGURES, show_spinner=False)(build)
+def shared(build: Callable[P, T]) -> Callable[P, T]:
+    """``build``, its results kept per process for the same arguments and shared by all sessions."""
+    return st.cache_resource(max_entries=SHARED_ENTRIES, show_spinner=False)(build)
+
+
+@shared
+def png(pixels: np.ndarray) -> bytes:
+    """A uint8 picture (H, W, 3) as PNG, for st.image: pictures every visitor sees alike
+    (the gallery of mistakes, the Dataset page) are encoded once."""
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(out, format="PNG")
+    return out.getvalue()
 
 
 # --- dataset, model and prediction views ----------------------------------------

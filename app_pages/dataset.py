@@ -128,7 +128,7 @@ def draw_image_grid(data: CifarData) -> None:
         label, row = st.columns([1, 9], vertical_alignment="center")
         label.markdown(f"**{name}**")
         if len(index):
-            row.image(figures.image_row(images[index], scale=3), output_format="PNG")
+            row.image(figures.png(figures.image_row(images[index], scale=3)), output_format="PNG")
     st.caption("Enlarged by repeating pixels rather than smoothing them, so you see what the "
                "network sees: 32 × 32 pixels.")
 
@@ -182,8 +182,8 @@ def draw_augmentation(data: CifarData) -> None:
     head_augmented.caption("six random versions the network could be shown instead")
     for image, copies in zip(images, versions, strict=True):
         original, augmented = st.columns([1, 6])
-        original.image(figures.upscale(image, 3), output_format="PNG")
-        augmented.image(figures.image_row(copies, scale=3, gap=6), output_format="PNG")
+        original.image(figures.png(figures.upscale(image, 3)), output_format="PNG")
+        augmented.image(figures.png(figures.image_row(copies, scale=3, gap=6)), output_format="PNG")
     st.caption(
         "Augmentation is applied afresh every time an image is drawn for training, so over "
         "many epochs the network never sees quite the same picture twice. It learns that a "
@@ -205,9 +205,9 @@ def draw_channel_order(data: CifarData) -> None:
     correct = data.x_train[pick]
     scrambled = as_presented_images(correct)
     st.markdown("**Read correctly**")
-    st.image(figures.image_row(correct, scale=4, gap=6), output_format="PNG")
+    st.image(figures.png(figures.image_row(correct, scale=4, gap=6)), output_format="PNG")
     st.markdown("**Read as in the presentation**: the same rows, the same numbers")
-    st.image(figures.image_row(scrambled, scale=4, gap=6), output_format="PNG")
+    st.image(figures.png(figures.image_row(scrambled, scale=4, gap=6)), output_format="PNG")
     st.caption(
         "In the scrambled version the top third holds only red values, the middle third green "
         "and the bottom third blue, each squeezed into three small copies side by side: a "

@@ -13,6 +13,7 @@ from app_figures import (
     confusion_figure,
     epoch_accuracy_figure,
     per_class_figure,
+    png,
     upscale,
 )
 from cifar_core.compare import config_diff, curves_frame, leaderboard
@@ -195,7 +196,7 @@ def draw_mistakes(result: Evaluation, images: np.ndarray) -> None:
         for column, row in zip(st.columns(GALLERY_COLUMNS), rows[start:start + GALLERY_COLUMNS],
                                strict=False):
             confidence = format_percent(row["confidence"], 0)
-            column.image(upscale(images[row["index"]], 3), output_format="PNG",
+            column.image(png(upscale(images[row["index"]], 3)), output_format="PNG",
                          caption=f"{row['true']} → {row['predicted']} ({confidence})")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import array
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from cifar_core.config import get_preset
@@ -152,6 +153,23 @@ def test_evaluate_page_normalises_switches_split_and_filters_mistakes(trained_ru
     gallery = [image.proto.imgs[0].caption for image in at.get("image")]
     assert len(gallery) == min(24, wrong[worst])
     assert all(caption.startswith(f"{name} → ") for caption in gallery)
+
+
+def test_a_second_visitor_gets_the_gallery_pictures_without_encoding_them(
+        trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def gallery() -> list[str]:
+        at = open_page("app_pages/evaluate.py")
+        at.selectbox(key="evaluate.run").set_value(str(trained_run)).run()
+        assert not at.exception, [e.message for e in at.exception]
+        return [image.proto.imgs[0].url for image in at.image]
+
+    first = gallery()
+    encoded = []
+    save = Image.Image.save
+    monkeypatch.setattr(Image.Image, "save",
+                        lambda self, *args, **kwargs: encoded.append(1) or save(self, *args, **kwargs))
+    assert gallery() == first and len(first) >= 8  # the same files, served from memory
+    assert not encoded
 
 
 def test_evaluate_page_without_runs_points_to_training(cifar_env: Path,
