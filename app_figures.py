@@ -42,11 +42,12 @@ def shared(build: Callable[P, T]) -> Callable[P, T]:
 
 
 @shared
-def png(pixels: np.ndarray) -> bytes:
-    """A uint8 picture (H, W, 3) as PNG, for st.image: pictures every visitor sees alike
-    (the gallery of mistakes, the Dataset page) are encoded once."""
+def png(pixels: np.ndarray, scale: int = 1) -> bytes:
+    """A uint8 picture (H, W, 3), enlarged ``scale`` times (``upscale``), as PNG for st.image:
+    pictures every visitor sees alike (the gallery of mistakes, the Dataset page) are
+    enlarged and encoded once."""
     out = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels)).save(out, format="PNG")
+    Image.fromarray(np.ascontiguousarray(upscale(pixels, scale))).save(out, format="PNG")
     return out.getvalue()
 
 

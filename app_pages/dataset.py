@@ -182,7 +182,7 @@ def draw_augmentation(data: CifarData) -> None:
     head_augmented.caption("six random versions the network could be shown instead")
     for image, copies in zip(images, versions, strict=True):
         original, augmented = st.columns([1, 6])
-        original.image(figures.png(figures.upscale(image, 3)), output_format="PNG")
+        original.image(figures.png(image, scale=3), output_format="PNG")
         augmented.image(figures.png(figures.image_row(copies, scale=3, gap=6)), output_format="PNG")
     st.caption(
         "Augmentation is applied afresh every time an image is drawn for training, so over "

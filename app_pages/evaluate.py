@@ -14,7 +14,6 @@ from app_figures import (
     epoch_accuracy_figure,
     per_class_figure,
     png,
-    upscale,
 )
 from cifar_core.compare import config_diff, curves_frame, leaderboard
 from cifar_core.evaluation import Evaluation, matrix_accuracy
@@ -196,7 +195,7 @@ def draw_mistakes(result: Evaluation, images: np.ndarray) -> None:
         for column, row in zip(st.columns(GALLERY_COLUMNS), rows[start:start + GALLERY_COLUMNS],
                                strict=False):
             confidence = format_percent(row["confidence"], 0)
-            column.image(png(upscale(images[row["index"]], 3)), output_format="PNG",
+            column.image(png(images[row["index"]], scale=3), output_format="PNG",
                          caption=f"{row['true']} → {row['predicted']} ({confidence})")
 
 
