@@ -92,12 +92,12 @@ def reload_data() -> None:
 
 # --- how long each script run takes on the server ------------------------------------------
 
-TIMING_LOG_ENV = "CIFAR_TIMING_LOG"  # a path: one JSON line per script run is appended there
+TIMING_LOG_ENV = "CIFAR_TIMING_LOG"  # a path: one JSON line per script or fragment run is appended
 TIMING_PROFILE_ENV = "CIFAR_TIMING_PROFILE"  # a folder: a cProfile of every script run lands there
 timing_log = logging.getLogger("cifar_lab.timing")
 _timing_lock = threading.Lock()
 _profile_numbers = itertools.count(1)
-# How a script run ended, by the name of what page.run() raised; "ok" when it returned.
+# How a timed run (a page or a fragment) ended, by the name of what it raised; "ok" when it returned.
 _OUTCOMES = {"RerunException": "rerun", "StopException": "stopped"}
 
 
