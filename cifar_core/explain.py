@@ -54,7 +54,12 @@ def _check_class(model: CifarCNN, target_class: int) -> int:
 
 
 def _stages(model: CifarCNN, x: torch.Tensor) -> Iterator[tuple[str, nn.Module, torch.Tensor]]:
-    """Run the model layer by layer (as ``CifarCNN.forward`` does), yielding (name, module, output)."""
+    """Run the model layer by layer in its textbook order, yielding (name, module, output).
+
+    ``CifarCNN.forward`` pools some activations' inputs instead of their outputs, which
+    gives the same logits; here each activation's output has the size the layer table
+    shows, before its pooling.
+    """
     x = model.standardize(x)
     for name, module in model.layers.named_children():
         x = module(x)

@@ -33,6 +33,9 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+# A non-decreasing activation commutes with max pooling: act(max(a, b)) == max(act(a), act(b)),
+# and the gradient reaches the same input. GELU dips below zero on its way down, so it does not.
+NON_DECREASING = (nn.ReLU, nn.Tanh, nn.Sigmoid)
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -99,6 +102,7 @@ class CifarCNN(nn.Module):
                     nn.init.dirac_(conv.weight.data[:conv.in_channels])
         if c.stem == "whiten":
             self.layers.stem.weight.requires_grad_(False)  # set from the data by init_whitening
+        self.running_order = _pool_before_activation(list(self.layers))
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         """What the first layer receives for images in [0, 1]: standardised when configured."""
@@ -108,8 +112,10 @@ class CifarCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for images (N, 3, 32, 32) in [0, 1]."""
-        logits = self.layers(self.standardize(x))
-        return logits * self.config.logit_scale if self.config.logit_scale != 1 else logits
+        x = self.standardize(x)
+        for layer in self.running_order:
+            x = layer(x)
+        return x * self.config.logit_scale if self.config.logit_scale != 1 else x
 
     def conv_layers(self) -> list[tuple[str, nn.Conv2d]]:
         return [(n, m) for n, m in self.layers.named_children() if isinstance(m, nn.Conv2d)]
@@ -132,6 +138,21 @@ class CifarCNN(nn.Module):
         stem = self.layers.stem
         stem.weight.copy_(torch.cat([filters, -filters]).to(stem.weight))
         stem.bias.zero_()
+
+
+def _pool_before_activation(layers: list[nn.Module]) -> list[nn.Module]:
+    """The layers in the order ``forward`` runs them: each non-decreasing activation that a
+    max pooling follows is swapped with it, which computes the same thing.
+
+    The activation (forward and backward) then touches a quarter of the values: the
+    baseline's training step ran 20% faster (benchmarks/RESULTS.md). ``layers`` keeps the
+    textbook order, which the layer table and the explanations show.
+    """
+    order = list(layers)
+    for i in range(len(order) - 1):
+        if isinstance(order[i], NON_DECREASING) and isinstance(order[i + 1], nn.MaxPool2d):
+            order[i], order[i + 1] = order[i + 1], order[i]
+    return order
 
 
 class Dropout(nn.Dropout):

@@ -121,6 +121,40 @@ def test_batch_norm_layers_sit_between_conv_and_activation() -> None:
     assert all(m.bias is None for _, m in model.conv_layers())
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "gelu"])
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_forward_equals_the_textbook_order_in_value_and_gradient(activation: str, pooling: str,
+                                                                 batch_norm: bool) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(activation=activation, pooling=pooling, batch_norm=batch_norm))
+    model.train()  # batch norm on the batch's statistics; dropout masks drawn from the seed
+    x = torch.rand(8, 3, 32, 32)
+    outputs, grads = [], []
+    for run in (model, lambda x: model.layers(model.standardize(x))):
+        torch.manual_seed(1)
+        model.zero_grad()
+        out = run(x)
+        out.square().sum().backward()
+        outputs.append(out)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(outputs[0], outputs[1])
+    for fast, textbook in zip(*grads):
+        torch.testing.assert_close(fast, textbook)
+
+
+def test_only_max_pooling_moves_before_a_non_decreasing_activation() -> None:
+    def order(**values: object) -> list[str]:
+        model = build_model(ModelConfig(**values))
+        names = {id(m): n for n, m in model.layers.named_children()}
+        return [names[id(m)] for m in model.running_order][:4]
+
+    assert order() == ["conv1", "pool1", "relu1", "dropout1"]
+    assert order(batch_norm=True) == ["conv1", "bn1", "pool1", "relu1"]
+    assert order(activation="gelu") == ["conv1", "gelu1", "pool1", "dropout1"]
+    assert order(pooling="avg") == ["conv1", "relu1", "pool1", "dropout1"]
+
+
 def test_training_flops_of_the_baseline() -> None:
     conv_macs = 30 * 30 * 9 * 3 * 32 + 13 * 13 * 9 * 32 * 64 + 4 * 4 * 9 * 64 * 128
     dense_macs = 512 * 128 + 128 * 64 + 64 * 10
