@@ -1,7 +1,8 @@
 """Time of the presentation's Keras program against this project's presets, alternating.
 
     python benchmarks/keras_side_by_side.py --data-dir /tmp/cifar10 \\
-        --keras-python /path/to/tf-venv/bin/python [--preset baseline] [--epochs 2] [--rounds 2]
+        --keras-python /path/to/tf-venv/bin/python [--preset baseline] [--epochs 2] [--rounds 2] \\
+        [--out DIR]
 
 The Keras program is ../shared/reference/presentation_keras.py (TensorFlow lives in
 its own virtual environment; it is not a dependency of this project). On a shared
@@ -38,11 +39,13 @@ def keras_epochs(python: str, batches_dir: Path, epochs: int) -> list[float]:
     return [float(s) for s in re.findall(r"^epoch \d+ ([\d.]+)s", out, re.M)]
 
 
-def project_run(data_dir: str, preset: str, options: list[str]) -> tuple[list[float], str]:
-    """Epoch times of one ``python -m cifar_core train`` run, and its closing line."""
+def project_run(data_dir: str, preset: str, options: list[str], keep: Path | None = None
+                ) -> tuple[list[float], str]:
+    """Epoch times of one ``python -m cifar_core train`` run, and its closing line; the run
+    folder is kept at ``keep`` when given."""
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run([sys.executable, "-m", "cifar_core", "train", "--preset", preset,
-                              *options, "--data-dir", data_dir, "--out", tmp],
+                              *options, "--data-dir", data_dir, "--out", str(keep or tmp)],
                              capture_output=True, text=True, check=True, cwd=ROOT).stdout
     epochs = [float(s) for s in re.findall(r"^epoch \d+/\d+ .* ([\d.]+)s", out, re.M)]
     return epochs, re.search(r"^best epoch .*$", out, re.M).group(0)
@@ -55,6 +58,7 @@ def main() -> None:
     parser.add_argument("--preset", default="baseline")
     parser.add_argument("--epochs", type=int, default=2, help="Keras epochs per round (and baseline's)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="keep each run of a preset here, as PRESET-seedN/")
     args = parser.parse_args()
     batches = Path(args.data_dir) / "cifar-10-batches-py"
     keras, project, runs = [], [], []
@@ -65,7 +69,8 @@ def main() -> None:
             project += epochs
             print(f"round {r + 1}: keras {keras[-args.epochs:]} s, project {epochs} s", flush=True)
         else:
-            epochs, result = project_run(args.data_dir, args.preset, ["--seed", str(r)])
+            keep = args.out / f"{args.preset}-seed{r}" if args.out else None
+            epochs, result = project_run(args.data_dir, args.preset, ["--seed", str(r)], keep)
             runs.append(sum(epochs))
             print(f"round {r + 1}: keras {keras[-args.epochs:]} s; {args.preset} seed {r}: "
                   f"{sum(epochs):.1f} s ({', '.join(f'{e:.1f}' for e in epochs)}); {result}", flush=True)

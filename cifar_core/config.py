@@ -188,6 +188,10 @@ class TrainConfig:
     monitor: Monitor = "val_loss"
     patience: int = 10
     restore_best: bool = True
+    # The whitening stem's bias learns in this many first epochs and then stays fixed (0: in
+    # all of them). Fixed, it spares the first conv its input gradient, about a tenth of each
+    # step; airbench fixes it after 3 of its 10 epochs.
+    stem_bias_epochs: int = 0
     # Lookahead-style weight averaging: every 5 steps the weights move to an average
     # that follows them ever more slowly, ending at the average.
     weight_averaging: bool = False
@@ -207,6 +211,7 @@ class TrainConfig:
             (1 <= self.epochs <= 500, "epochs must be 1..500"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.patience >= 1, "patience must be >= 1"),
+            (0 <= self.stem_bias_epochs <= 500, "stem_bias_epochs must be 0..500"),
         ])
 
     def to_dict(self) -> dict:
@@ -260,8 +265,8 @@ AIRBENCH_STEP_SCALE = 1024 * (1 + 1 / (1 - AIRBENCH_MOMENTUM))
 RECIPE_BATCH = 256
 
 
-def airbench_recipe(filters: tuple[int, int, int], epochs: int,
-                    label_smoothing: float = 0.0) -> tuple[ModelConfig, TrainConfig]:
+def airbench_recipe(filters: tuple[int, int, int], epochs: int, label_smoothing: float = 0.0,
+                    stem_bias_epochs: int = 0) -> tuple[ModelConfig, TrainConfig]:
     """The ingredients of airbench (Keller Jordan, 2024), the fastest known CIFAR-10
     trainer, at a given width and length: a first layer fixed to whiten 2x2 patches of the
     training images, three blocks of two 'same' convolutions with pooling after the first,
@@ -277,7 +282,8 @@ def airbench_recipe(filters: tuple[int, int, int], epochs: int,
     weight_decay = round(AIRBENCH_WEIGHT_DECAY / AIRBENCH_LR, 6)
     train = TrainConfig(optimizer="sgd", lr=lr, momentum=AIRBENCH_MOMENTUM, weight_decay=weight_decay,
                         bias_lr_scale=64, batch_size=RECIPE_BATCH, epochs=epochs, lr_schedule="onecycle",
-                        label_smoothing=label_smoothing, augmentation="translate_flip",
+                        label_smoothing=label_smoothing, stem_bias_epochs=stem_bias_epochs,
+                        augmentation="translate_flip",
                         early_stopping=False, weight_averaging=True, tta_flip=True, precision="auto")
     return model, train
 
@@ -318,7 +324,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
         "faster progress per epoch.",
         ModelConfig(batch_norm=True), TrainConfig(precision="auto")),
     Preset("quick", "Classroom run (three minutes)", QUICK_DESCRIPTION,
-           *airbench_recipe((32, 64, 128), 3)),
+           *airbench_recipe((32, 64, 128), 3, stem_bias_epochs=1)),
     Preset("fast", "Most accuracy in a quarter of an hour", FAST_DESCRIPTION,
            *airbench_recipe((64, 128, 256), 8)),
     Preset("best", "Most accuracy in half an hour", BEST_DESCRIPTION,

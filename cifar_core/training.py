@@ -289,6 +289,7 @@ def train_epoch(model: nn.Module, setup: TrainingSetup, cfg: TrainConfig, epoch:
     batch of a stop request."""
     s = setup
     model.train()
+    learn_stem_bias(model, cfg.stem_bias_epochs == 0 or epoch <= cfg.stem_bias_epochs)
     perm = torch.randperm(len(s.y_train), generator=s.order_gen).to(s.device)
     loss_sum = torch.zeros((), device=s.device)
     correct = torch.zeros((), device=s.device, dtype=torch.long)
@@ -329,6 +330,13 @@ def train_epoch(model: nn.Module, setup: TrainingSetup, cfg: TrainConfig, epoch:
     grad_norms = dict(zip([name for name, _ in s.weighted], (grad_sums / steps).tolist()))
     return EpochTraining((loss_sum / seen).item(), correct.item() / seen, lr, grad_norms, stopped,
                          steps == s.batches)
+
+
+def learn_stem_bias(model: nn.Module, learn: bool) -> None:
+    """Let the whitening stem's bias learn, or hold it fixed: with nothing before the first
+    conv left to learn, autograd skips that conv's input gradient."""
+    if isinstance(model, CifarCNN) and model.config.stem == "whiten":
+        model.layers.stem.bias.requires_grad_(learn)
 
 
 @dataclass(frozen=True)
@@ -504,6 +512,7 @@ def fit(model: nn.Module, data: CifarData, cfg: TrainConfig,
             on_state(TrainingState.capture(model, setup, history, stopping, best_state))
         if last:
             break
+    learn_stem_bias(model, True)  # as built, for whatever uses the model next
     return _result(model, cfg, setup, history, stopping, best_state, stopped_early, stopped_by_user)
 
 

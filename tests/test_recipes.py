@@ -149,13 +149,15 @@ def test_weight_average_follows_the_lookahead_rule() -> None:
                 torch.testing.assert_close(p.detach(), r)
 
 
-@pytest.mark.parametrize(("name", "mflop", "smoothing"), [
-    ("quick", 119.3, 0.0), ("fast", 392.6, 0.0), ("best", 708.9, 0.2)])
-def test_the_airbench_presets_use_every_ingredient(name: str, mflop: float, smoothing: float) -> None:
+@pytest.mark.parametrize(("name", "mflop", "smoothing", "stem_bias_epochs"), [
+    ("quick", 119.3, 0.0, 1), ("fast", 392.6, 0.0, 0), ("best", 708.9, 0.2, 0)])
+def test_the_airbench_presets_use_every_ingredient(name: str, mflop: float, smoothing: float,
+                                                   stem_bias_epochs: int) -> None:
     model, train = PRESETS[name].model, PRESETS[name].train
     assert (model.stem, model.init, model.bn_scale, model.activation) == ("whiten", "dirac", False, "gelu")
     assert model.logit_scale == pytest.approx(1 / 9)
     assert train.weight_averaging and train.tta_flip and train.bias_lr_scale == 64
     assert train.label_smoothing == smoothing
+    assert train.stem_bias_epochs == stem_bias_epochs
     # The preset descriptions quote these figures.
     assert training_flops(model) == pytest.approx(mflop * 1e6, rel=1e-3)

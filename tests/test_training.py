@@ -284,3 +284,32 @@ def test_altflip_shows_each_training_image_mirrored_in_alternate_epochs(
     both = mirrored[0].keys() & mirrored[1].keys()
     assert len(both) > 300 and 0.3 < np.mean(list(mirrored[0].values())) < 0.7
     assert all(mirrored[0][image] != mirrored[1][image] for image in both)
+
+
+def test_the_stem_bias_learns_in_its_first_epochs_only(data: CifarData,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(TINY, stem="whiten"))
+    biases, stem_outputs_learn = [], []
+    epoch_of = training.train_epoch
+
+    def record(model: torch.nn.Module, setup: training.TrainingSetup, cfg: TrainConfig, epoch: int,
+               *args: object, **kwargs: object) -> training.EpochTraining:
+        hook = model.layers.stem.register_forward_hook(
+            lambda _m, _i, out: stem_outputs_learn.append(out.requires_grad))
+        try:
+            result = epoch_of(model, setup, cfg, epoch, *args, **kwargs)
+        finally:
+            hook.remove()
+        biases.append(model.layers.stem.bias.detach().clone())
+        return result
+
+    monkeypatch.setattr(training, "train_epoch", record)
+    fit(model, data, tiny_config(epochs=3, optimizer="sgd", lr=0.05, stem_bias_epochs=1))
+    assert not torch.equal(biases[0], torch.zeros_like(biases[0]))  # it learned in epoch 1
+    torch.testing.assert_close(biases[1], biases[0], rtol=0, atol=0)  # and then stood still
+    torch.testing.assert_close(biases[2], biases[0], rtol=0, atol=0)
+    # Nothing before the first conv needs a gradient after epoch 1, so autograd skips its input's.
+    batches = len(stem_outputs_learn) // 3
+    assert all(stem_outputs_learn[:batches]) and not any(stem_outputs_learn[batches:])
+    assert model.layers.stem.bias.requires_grad  # as built again, for whatever uses it next
