@@ -122,8 +122,8 @@ HELP = {
     "stem_bias_epochs": "whiten stem only. Its bias learns in this many first epochs and then "
                         "stays fixed (0: it learns throughout). With nothing before the first "
                         "convolution left to learn, the backward pass skips that convolution's "
-                        "input gradient, about a tenth of each step (airbench fixes it after 3 "
-                        "of its 10 epochs).",
+                        "input gradient: epochs ran about a fifth faster (airbench fixes it "
+                        "after 3 of its 10 epochs).",
     "weight_averaging": "Every 5 steps, move a running average of the weights towards the "
                         "current weights and then put the weights back at the average. Early "
                         "on the average follows closely; towards the end it moves slowly and "
