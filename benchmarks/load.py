@@ -29,7 +29,10 @@ Printed per page:
 
 The clients share the machine with the server and the training run, so on a small
 machine the browser figures include the clients' own CPU; the server-side figures are
-what visitors on their own machines would see.
+what visitors on their own machines would see. With ``--client-nice 10`` the browsers run
+at the training thread's lower priority (the server's page scripts keep theirs): the
+clients then take only the CPU the server leaves, as visitors on their own machines
+would, and the server-side figures come closer still to what such a class sees.
 """
 
 from __future__ import annotations
@@ -459,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write a cProfile of every script run into this folder "
                              "(CIFAR_TIMING_PROFILE; slows the server)")
     parser.add_argument("--out", type=Path, help="write every view and the summary as JSON here")
+    parser.add_argument("--client-nice", type=int, default=0,
+                        help="nice value of the browsers (the server keeps its own priority)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--from-json", type=Path, help="only print the table of an earlier --out file")
     args = parser.parse_args(argv)
@@ -483,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
             sampler.start()
             cpu_before = proc_cpu_seconds(pid)
             threads_before = thread_cpu_seconds(pid)
+            # The server started at our priority; from here on this process and the browsers
+            # it starts run at the lower one.
+            os.nice(args.client_nice)
             views, info = asyncio.run(run_sessions(url, args.sessions, args.rounds, photo, args.timeout,
                                                    args.seed))
             info["server_cpu_seconds"] = proc_cpu_seconds(pid) - cpu_before
@@ -509,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nserver peak RSS {info['peak_rss_mb']:,.0f} MB; server CPU {info['server_cpu_seconds']:.0f} s "
           f"over a {info['walk_seconds']:.0f} s walk; {info['script_runs']} script runs "
           f"{info['script_outcomes']}; sessions matched to the log: "
-          f"{info['sessions_mapped']}/{args.sessions}; load average {info['load_average']}")
+          f"{info['sessions_mapped']}/{args.sessions}; load average {info['load_average']}; "
+          f"browsers at nice {args.client_nice}")
     print(f"CPU seconds of the busiest server threads still alive at the end (training job, event "
           f"loop, ...): {info['busiest_threads_cpu_seconds']}")
     print(f"training: {info['training_at_start']!r} at the start, {info['training_at_end']!r} at the end")
@@ -526,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         info["profile"] = profiles
     if args.out:
         args.out.write_text(json.dumps({
-            "sessions": args.sessions, "rounds": args.rounds, "photo_bytes": len(photo[1]),
+            "sessions": args.sessions, "rounds": args.rounds, "client_nice": args.client_nice,
+            "photo_bytes": len(photo[1]),
             "info": info, "summary": table, "fragments": fragments, "views": [asdict(v) for v in views],
             "server_runs": records}, indent=1))
     return 0
