@@ -19,7 +19,7 @@ from .config import ModelConfig, TrainConfig
 from .data import CifarData
 from .evaluation import evaluate
 from .model import build_model
-from .runs import RunError, RunMetrics, RunWriter, load_run, read_checkpoint
+from .runs import Run, RunError, RunMetrics, RunWriter, load_run, read_checkpoint, training_lock
 from .training import EpochEvent, EpochRecord, Event, EventHandler, FitResult, TrainingState, fit
 
 
@@ -35,7 +35,8 @@ def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, r
     writer = RunWriter(run_dir, model_cfg, train_cfg, preset, subset, channel_order)
     torch.manual_seed(train_cfg.seed)  # the initial weights belong to the seeded run too
     model = build_model(model_cfg)
-    return _train_and_test(model, train_cfg, data, writer, on_event, stop)
+    with training_lock(writer.path):
+        return _train_and_test(model, train_cfg, data, writer, on_event, stop)
 
 
 def resume_run(run_dir: str | os.PathLike, data: CifarData, on_event: EventHandler | None = None,
@@ -45,24 +46,32 @@ def resume_run(run_dir: str | os.PathLike, data: CifarData, on_event: EventHandl
     ``data`` must be what the run trained on (its subset, its channel order); ``RunError``
     when the folder is not a run, has finished, or has no usable checkpoint.
     """
+    path = _resumable(run_dir).path
+    with training_lock(path):
+        run = _resumable(path)  # again: another process may have resumed it in between
+        state = read_checkpoint(run.path)
+        cfg = run.train_config
+        if state.epoch >= cfg.epochs:
+            raise RunError(f"{run.path}: all {cfg.epochs} planned epochs are done; "
+                           "there is nothing to resume")
+        if (state.train_images, state.val_images) != (len(data.y_train), len(data.y_val)):
+            raise RunError(f"{run.path} trained on {state.train_images:,} images (validated on "
+                           f"{state.val_images:,}); this data has {len(data.y_train):,} "
+                           f"({len(data.y_val):,}): is it the same dataset?")
+        writer = RunWriter.reopen(run, state)
+        model = build_model(run.model_config)
+        try:
+            return _train_and_test(model, cfg, data, writer, on_event, stop, state)
+        except ValueError as err:  # the saved state does not fit this model or data
+            raise RunError(f"{run.path}: cannot resume: {err}") from None
+
+
+def _resumable(run_dir: str | os.PathLike) -> Run:
     run = load_run(run_dir)
     blocker = run.resume_blocker()
     if blocker:
         raise RunError(blocker)
-    state = read_checkpoint(run.path)
-    cfg = run.train_config
-    if state.epoch >= cfg.epochs:
-        raise RunError(f"{run.path}: all {cfg.epochs} planned epochs are done; there is nothing to resume")
-    if (state.train_images, state.val_images) != (len(data.y_train), len(data.y_val)):
-        raise RunError(f"{run.path} trained on {state.train_images:,} images (validated on "
-                       f"{state.val_images:,}); this data has {len(data.y_train):,} "
-                       f"({len(data.y_val):,}): is it the same dataset?")
-    writer = RunWriter.reopen(run, state)
-    model = build_model(run.model_config)
-    try:
-        return _train_and_test(model, cfg, data, writer, on_event, stop, state)
-    except ValueError as err:  # the saved state does not fit (another device, say)
-        raise RunError(f"{run.path}: cannot resume: {err}") from None
+    return run
 
 
 def _train_and_test(model: torch.nn.Module, cfg: TrainConfig, data: CifarData, writer: RunWriter,

@@ -8,6 +8,7 @@
                                 train_seconds, confusion_matrix (test; rows true), ...
     RUN_DIR/checkpoint.pt       the training state after the last complete epoch (until the
                                 run finishes): what ``train --resume`` goes on from
+    RUN_DIR/.lock               locked by the process training in the folder (``training_lock``)
 
 Every file is written to a temporary name in the same folder and renamed over the old
 one, so a crash at any instant leaves the previous complete state readable. A run whose
@@ -22,6 +23,7 @@ asks for anything else is refused, never unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -34,6 +36,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -56,6 +59,7 @@ METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "val_confusion.npy"
 GRAD_NORMS_FILE = "grad_norms.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = ".lock"
 # The test set's predictions, shipped with the bundled models so Evaluate needs neither the
 # data nor a minute of CPU: `python -m cifar_core evaluate RUN_DIR --save-predictions`.
 PREDICTIONS_FILE = "test_predictions.npz"
@@ -173,6 +177,48 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextlib.contextmanager
+def training_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` while this process trains in it; ``RunError`` at once when another
+    process, or another thread here, holds it.
+
+    The status check (a pid in metrics.json) cannot tell apart two resumes started at the
+    same moment; this lock can. The operating system drops it when its holder ends, however
+    it ends, so a killed run never leaves a stale lock.
+    """
+    try:
+        handle = open(Path(run_dir) / LOCK_FILE, "a+b")
+    except OSError as err:
+        raise RunError(f"cannot lock {run_dir}: {err.strerror}") from None
+    with handle:
+        try:
+            _lock(handle.fileno())
+        except OSError:
+            raise RunError(f"{run_dir} is being trained by another process right now") from None
+        try:
+            yield
+        finally:
+            _unlock(handle.fileno())
+
+
+if os.name == "nt":
+    import msvcrt
+
+    def _lock(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
+    def _unlock(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 class RunWriter:

@@ -15,12 +15,14 @@ After set-up and after every complete epoch ``fit`` can hand out a ``TrainingSta
 everything needed to go on from there (weights, optimizer, schedule, random-number
 generators, early stopping, best weights, weight average, counters) as plain tensors,
 numbers and strings. ``fit(..., resume=state)`` continues from it exactly as if the run
-had never stopped.
+had never stopped (on the same kind of device; moved between CPU and GPU it goes on with
+fresh augmentation draws).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import threading
 import time
@@ -37,6 +39,8 @@ from .config import Monitor, TrainConfig
 from .data import CifarData
 from .devices import autocast, resolve_device, use_bf16
 from .model import CifarCNN, predict_logits, to_input
+
+log = logging.getLogger(__name__)
 
 # --- events ---------------------------------------------------------------------
 
@@ -368,6 +372,20 @@ def _plain(value: object) -> object:
     return value
 
 
+def _continue_generator(generator: torch.Generator, state: torch.Tensor, epoch: int) -> None:
+    """Give ``generator`` the saved ``state``, or, when that state is another kind of
+    device's, a fresh seed for ``epoch``: a CUDA generator's state (Philox) cannot continue a
+    CPU one's (Mersenne Twister) or the reverse, and a run moved between them should go on,
+    with other augmentations than it would have drawn, rather than refuse."""
+    if state.numel() == generator.get_state().numel():
+        generator.set_state(state)
+    else:
+        generator.manual_seed(generator.initial_seed() + epoch)
+        log.warning("resumed on %s from a state saved on another kind of device: "
+                       "augmentations after epoch %d differ from an uninterrupted run's",
+                       generator.device.type, epoch)
+
+
 @dataclass
 class TrainingState:
     """Everything ``fit`` needs to go on after ``epoch`` complete epochs, on the CPU.
@@ -422,7 +440,7 @@ class TrainingState:
             if setup.averager and self.average is not None:
                 setup.averager.load_state(self.average)
             setup.order_gen.set_state(self.rng["order"])
-            setup.aug_gen.set_state(self.rng["augment"])
+            _continue_generator(setup.aug_gen, self.rng["augment"], self.epoch)
             torch.set_rng_state(self.rng["torch"])
             if setup.device.type == "cuda" and "cuda" in self.rng:
                 torch.cuda.set_rng_state(self.rng["cuda"], setup.device)

@@ -417,6 +417,76 @@ def test_resume_refuses_a_finished_run_in_process(data: CifarData, tmp_path: Pat
         resume_run(finished, data)
 
 
+def test_run_saved_on_another_kind_of_device_goes_on_with_fresh_augmentation(
+        data: CifarData, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run_dir = write_run(tmp_path / "run", data, "stopped", 1)
+    (run_dir / runs.GRAD_NORMS_FILE).unlink()  # write_run's stand-in layer names
+    values = torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)
+    # A CUDA generator's state is Philox's seed and offset, 16 bytes; a CPU one's is 5,056.
+    values["rng"]["augment"] = torch.zeros(16, dtype=torch.uint8)
+    values["rng"]["cuda"] = torch.zeros(16, dtype=torch.uint8)
+    save_raw(run_dir, values)
+    state = read_checkpoint(run_dir)
+
+    model = build_model(TINY)
+    setup = set_up(model, data, FAST)
+    with caplog.at_level("WARNING"):
+        state.restore(model, setup)
+    assert "another kind of device" in caplog.text
+    fresh = torch.Generator().manual_seed(FAST.seed + 1 + state.epoch)
+    assert_same(torch.rand(5, generator=setup.aug_gen), torch.rand(5, generator=fresh))
+    order = torch.Generator()
+    order.set_state(state.rng["order"])
+    assert_same(torch.randperm(50, generator=setup.order_gen), torch.randperm(50, generator=order))
+
+    metrics = resume_run(run_dir, data)
+    assert metrics.status == "finished" and [r.epoch for r in load_run(run_dir).history] == [1, 2, 3]
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from cifar_core.runs import training_lock
+with training_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_run_folder_is_trained_by_one_process_at_a_time(data: CifarData, tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path / "run", data, "stopped", 1)
+    (run_dir / runs.GRAD_NORMS_FILE).unlink()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RunError, match="being trained by another process"):
+            resume_run(run_dir, data)
+        assert load_run(run_dir).status == "stopped" and len(load_run(run_dir).history) == 1, \
+            "a refused resume leaves the run as it was"
+        os.kill(holder.pid, signal.SIGKILL)  # a killed holder leaves no stale lock
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+        holder.communicate(timeout=30)
+    assert resume_run(run_dir, data).status == "finished"
+
+
+def test_a_training_run_holds_its_folder(data: CifarData, tmp_path: Path) -> None:
+    refusals = []
+
+    def try_to_take_it(event: object) -> None:
+        with pytest.raises(RunError, match="being trained by another process") as err:
+            with runs.training_lock(tmp_path / "run"):
+                pass
+        refusals.append(err.value)
+
+    train_run(TINY, dataclasses.replace(FAST, epochs=1), data, tmp_path / "run", on_event=try_to_take_it)
+    assert refusals
+    with runs.training_lock(tmp_path / "run"):  # free once the run is over
+        pass
+
+
 # --- the Train page -------------------------------------------------------------------------
 
 @pytest.mark.slow  # the job it starts trains
