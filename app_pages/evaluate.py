@@ -17,7 +17,7 @@ from app_figures import (
 )
 from cifar_core.compare import config_diff, curves_frame, leaderboard
 from cifar_core.evaluation import Evaluation, matrix_accuracy
-from cifar_core.formatting import format_images, format_percent, format_setting
+from cifar_core.formatting import MISSING, format_images, format_percent, format_setting
 from cifar_core.runs import Run, RunError
 
 SPLITS = {"val": "Validation", "test": "Test"}
@@ -247,7 +247,7 @@ def draw_leaderboard(frame: pd.DataFrame, key: str) -> None:
     shown = frame.assign(
         val_acc=frame["val_acc"] * 100, test_acc=frame["test_acc"] * 100,
         images=[format_images(v) for v in frame["images"]])
-    st.dataframe(shown, hide_index=True, width="stretch", key=key,
+    st.dataframe(shown, hide_index=True, width="stretch", key=key, placeholder=MISSING,
                  height=35 * (len(shown) + 1) + 3 if len(shown) <= 15 else "auto", column_config={
         "val_acc": st.column_config.NumberColumn("val acc", format="%.1f%%"),
         "test_acc": st.column_config.NumberColumn("test acc", format="%.1f%%"),

@@ -17,6 +17,7 @@ from cifar_core.experiments import (
     summaries_from_record,
     summarize,
 )
+from cifar_core.formatting import MISSING
 from cifar_core.jobs import JobLimitError, get_registry
 from cifar_core.runs import RunError, load_run
 
@@ -39,7 +40,7 @@ def draw_results(summaries: list[Summary], verdict: str, source: str) -> None:
     st.plotly_chart(arms_curves_figure([(s.label, s.history) for s in summaries],
                                        with_train=experiment.name == "dropout"),
                     key=f"experiments.curves.{source}.{experiment.name}")
-    st.dataframe(arms_table(summaries), hide_index=True, column_config={
+    st.dataframe(arms_table(summaries), hide_index=True, placeholder=MISSING, column_config={
         c: st.column_config.NumberColumn(format="percent") for c in (
             "best validation accuracy", "train - validation gap (last epoch)", "test accuracy")})
     if experiment.name == "activation":

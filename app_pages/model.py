@@ -394,7 +394,8 @@ def draw_filters() -> None:
     images = figures.filter_images(weights)
     scale = max(4, 48 // weights.shape[-1])
     for start in range(0, len(images), 16):
-        st.image(figures.image_row(images[start:start + 16], scale=scale, gap=4))
+        st.image(figures.png(figures.image_row(images[start:start + 16], scale=scale, gap=4)),
+                 output_format="PNG")
     side = weights.shape[-1]
     what = ("Mid-grey means a weight of 0; a colour means the filter responds to that colour there, "
             "its opposite that it responds to its absence. ")

@@ -279,7 +279,7 @@ def draw_runs(runs: list[Run]) -> None:
         st.caption("No runs yet. Each run you start here (or with `python -m cifar_core train`) "
                    "is saved as a folder and listed here.")
         return
-    st.dataframe(run_list(runs), hide_index=True, width="stretch", key="train.runs",
+    st.dataframe(run_list(runs), hide_index=True, width="stretch", key="train.runs", placeholder=MISSING,
                  column_config={
                      "val acc": st.column_config.NumberColumn(format="percent", help=HELP_VALIDATION),
                      "test acc": st.column_config.NumberColumn(format="percent", help=HELP_TEST),

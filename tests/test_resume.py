@@ -534,3 +534,7 @@ def test_train_page_offers_resume_for_stopped_runs_only(cifar_env: Path, data: C
     choice = at.selectbox(key="train.resume.run")
     assert choice.value == str(root / "stopped") and choice.options == [load_run(root / "stopped").label]
     assert not at.button(key="train.resume").disabled
+    # The stopped run was never tested: its table cell says so with a dash, not "None".
+    table = next(d for d in at.dataframe if "status" in d.value.columns)
+    stopped = table.value.set_index("status").loc["stopped"]
+    assert stopped["test acc"] != stopped["test acc"] and table.proto.placeholder == "—"
