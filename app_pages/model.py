@@ -203,19 +203,24 @@ def configs_from_widgets() -> tuple[ModelConfig, TrainConfig]:
 
 # --- widgets ----------------------------------------------------------------------------
 
+def draw_width_and_dropout(label: str, width: str, dropout: str, i: int, start: int, most: int) -> None:
+    """A block's or dense layer's two settings side by side: its width (filters or units),
+    which starts at ``start`` when the layer is added, and the dropout after it."""
+    st.session_state.setdefault(f"{K}{width}{i}", start)
+    st.session_state.setdefault(f"{K}{dropout}{i}", 0.0)
+    left, right = st.columns(2)
+    left.number_input(f"{label}: {width}", 1, most, step=16, key=f"{K}{width}{i}", help=HELP[width])
+    right.slider(f"{label}: dropout", 0.0, 0.9, step=0.05, key=f"{K}{dropout}{i}", help=HELP[dropout])
+
+
 def draw_network_settings() -> None:
     st.markdown("##### Convolution blocks")
     st.slider("Blocks", 1, 6, key=K + "blocks", help=HELP["blocks"])
     for i in range(st.session_state[K + "blocks"]):
         # A block added by the slider starts with twice the filters of the one before it.
         previous = st.session_state.get(f"{K}filters{i - 1}", 16)
-        st.session_state.setdefault(f"{K}filters{i}", min(1024, 2 * previous))
-        st.session_state.setdefault(f"{K}conv_dropout{i}", 0.0)
-        left, right = st.columns(2)
-        left.number_input(f"Block {i + 1}: filters", 1, 1024, step=16, key=f"{K}filters{i}",
-                          help=HELP["filters"])
-        right.slider(f"Block {i + 1}: dropout", 0.0, 0.9, step=0.05, key=f"{K}conv_dropout{i}",
-                     help=HELP["conv_dropout"])
+        draw_width_and_dropout(f"Block {i + 1}", "filters", "conv_dropout", i,
+                               start=min(1024, 2 * previous), most=1024)
     left, right = st.columns(2)
     left.slider("Convolutions per block", 1, 4, key=K + "convs_per_block", help=HELP["convs_per_block"])
     right.select_slider("Kernel size", KERNEL_SIZES, key=K + "kernel_size", help=HELP["kernel_size"],
@@ -242,13 +247,7 @@ def draw_network_settings() -> None:
     st.slider("Dense layers (before the 10-way output)", 0, 4, key=K + "dense_layers",
               help=HELP["dense_layers"])
     for i in range(st.session_state[K + "dense_layers"]):
-        st.session_state.setdefault(f"{K}units{i}", 128)
-        st.session_state.setdefault(f"{K}dense_dropout{i}", 0.0)
-        left, right = st.columns(2)
-        left.number_input(f"Dense {i + 1}: units", 1, 4096, step=16, key=f"{K}units{i}",
-                          help=HELP["units"])
-        right.slider(f"Dense {i + 1}: dropout", 0.0, 0.9, step=0.05, key=f"{K}dense_dropout{i}",
-                     help=HELP["dense_dropout"])
+        draw_width_and_dropout(f"Dense {i + 1}", "units", "dense_dropout", i, start=128, most=4096)
     st.caption("The output layer always has 10 units, one per class; softmax turns their scores "
                "into probabilities that add up to 1. The loss is categorical cross-entropy: "
                "minus the log of the probability given to the right class.")
