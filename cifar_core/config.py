@@ -303,8 +303,8 @@ FAST_DESCRIPTION = (
     "accuracy (mean of 3 seeds) in about 22 minutes.")
 BEST_DESCRIPTION = (
     "airbench's own network (64/256/256 filters, 709 MFLOP per training image) with its label "
-    "smoothing of 0.2, for ten epochs: 89.6% test accuracy in 31 minutes, the most accurate "
-    "preset.")
+    "smoothing of 0.2, for twenty epochs, the first layer's bias fixed after the third: 90.7% "
+    "test accuracy in about an hour, the most accurate preset.")
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset(
@@ -329,8 +329,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            *airbench_recipe((32, 64, 128), 3, stem_bias_epochs=1)),
     Preset("fast", "Most accuracy in twenty minutes", FAST_DESCRIPTION,
            *airbench_recipe((64, 128, 256), 12, stem_bias_epochs=3)),
-    Preset("best", "Most accuracy in half an hour", BEST_DESCRIPTION,
-           *airbench_recipe((64, 256, 256), 10, label_smoothing=0.2)),
+    Preset("best", "Most accuracy in an hour", BEST_DESCRIPTION,
+           *airbench_recipe((64, 256, 256), 20, label_smoothing=0.2, stem_bias_epochs=3)),
 ]}
 
 MODEL_KEYS = frozenset(f.name for f in fields(ModelConfig))

@@ -150,7 +150,7 @@ def test_weight_average_follows_the_lookahead_rule() -> None:
 
 
 @pytest.mark.parametrize(("name", "mflop", "smoothing", "stem_bias_epochs"), [
-    ("quick", 119.3, 0.0, 1), ("fast", 392.6, 0.0, 3), ("best", 708.9, 0.2, 0)])
+    ("quick", 119.3, 0.0, 1), ("fast", 392.6, 0.0, 3), ("best", 708.9, 0.2, 3)])
 def test_the_airbench_presets_use_every_ingredient(name: str, mflop: float, smoothing: float,
                                                    stem_bias_epochs: int) -> None:
     model, train = PRESETS[name].model, PRESETS[name].train

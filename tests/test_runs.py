@@ -73,8 +73,9 @@ def edit_json(path: Path, **changes: object) -> None:
 
 def test_run_folder_holds_exactly_the_documented_files(run_dir: Path) -> None:
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.json", "grad_norms.csv", "history.csv", "metrics.json", "val_confusion.npy",
+        ".lock", "config.json", "grad_norms.csv", "history.csv", "metrics.json", "val_confusion.npy",
         "weights.safetensors"]
+    assert (run_dir / ".lock").stat().st_size == 0
 
 
 def test_grad_norms_recorded_per_epoch_and_layer(run_dir: Path) -> None:
