@@ -32,10 +32,10 @@ def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, r
     A run stopped by the user is still tested and saved (status ``stopped``); an
     exception marks the folder ``interrupted`` and propagates.
     """
-    writer = RunWriter(run_dir, model_cfg, train_cfg, preset, subset, channel_order)
-    torch.manual_seed(train_cfg.seed)  # the initial weights belong to the seeded run too
-    model = build_model(model_cfg)
-    with training_lock(writer.path):
+    with training_lock(run_dir):  # before any write: the folder may be another process's run
+        writer = RunWriter(run_dir, model_cfg, train_cfg, preset, subset, channel_order)
+        torch.manual_seed(train_cfg.seed)  # the initial weights belong to the seeded run too
+        model = build_model(model_cfg)
         return _train_and_test(model, train_cfg, data, writer, on_event, stop)
 
 

@@ -179,6 +179,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def make_run_folder(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunError(f"cannot create run folder {path}: {err.strerror}") from None
+    return path
+
+
 @contextlib.contextmanager
 def training_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir`` while this process trains in it; ``RunError`` at once when another
@@ -188,10 +197,11 @@ def training_lock(run_dir: Path) -> Iterator[None]:
     same moment; this lock can. The operating system drops it when its holder ends, however
     it ends, so a killed run never leaves a stale lock.
     """
+    folder = make_run_folder(run_dir)
     try:
-        handle = open(Path(run_dir) / LOCK_FILE, "a+b")
+        handle = open(folder / LOCK_FILE, "a+b")
     except OSError as err:
-        raise RunError(f"cannot lock {run_dir}: {err.strerror}") from None
+        raise RunError(f"cannot lock {folder}: {err.strerror}") from None
     with handle:
         try:
             _lock(handle.fileno())
@@ -227,11 +237,7 @@ class RunWriter:
     def __init__(self, path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
                  preset: str | None = None, subset: int | None = None,
                  channel_order: str = "correct") -> None:
-        self.path = Path(path)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise RunError(f"cannot create run folder {self.path}: {err.strerror}") from None
+        self.path = make_run_folder(path)
         self.metrics = RunMetrics(pid=os.getpid(), host=socket.gethostname())
         config = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "preset": preset,
                   "subset": subset, "channel_order": channel_order,

@@ -464,6 +464,10 @@ def test_a_run_folder_is_trained_by_one_process_at_a_time(data: CifarData, tmp_p
             resume_run(run_dir, data)
         assert load_run(run_dir).status == "stopped" and len(load_run(run_dir).history) == 1, \
             "a refused resume leaves the run as it was"
+        files = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+        with pytest.raises(RunError, match="being trained by another process"):
+            train_run(TINY, FAST, data, run_dir)  # a new run into the same folder writes nothing
+        assert files == {p.name: p.read_bytes() for p in run_dir.iterdir()}
         os.kill(holder.pid, signal.SIGKILL)  # a killed holder leaves no stale lock
         holder.wait(timeout=30)
     finally:
