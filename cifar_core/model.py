@@ -284,19 +284,27 @@ def summary(model: CifarCNN) -> str:
     return "\n".join(lines)
 
 
-def training_flops(config: ModelConfig) -> float:
-    """Approximate FLOPs to train on one image (forward multiply-adds x 2, x 3 for backward)."""
-    macs, channels = 0, 3
+def training_flops(config: ModelConfig, stem_fixed: bool = False) -> float:
+    """Approximate FLOPs to train on one image (forward multiply-adds x 2, x 3 for backward).
+
+    ``stem_fixed``: once the whitening stem's bias is fixed (``stem_bias_epochs``), nothing
+    before the first convolution learns, and its input gradient, a third of its cost, is
+    not computed.
+    """
+    macs, channels, first_conv = 0, 3, None
     if config.stem == "whiten":
         macs += config.stem_side() ** 2 * STEM_KERNEL ** 2 * 3 * STEM_CHANNELS
         channels = STEM_CHANNELS
     for filters, sides in zip(config.conv_filters, config.conv_output_sides()):
         for side in sides[:-1]:
-            macs += side * side * config.kernel_size ** 2 * channels * filters
+            conv = side * side * config.kernel_size ** 2 * channels * filters
+            first_conv = conv if first_conv is None else first_conv
+            macs += conv
             channels = filters
     width = config.feature_size()
     for units in (*config.dense_units, config.num_classes):
         macs += width * units
         width = units
-    return 6.0 * macs
+    skipped = first_conv if stem_fixed and config.stem == "whiten" else 0
+    return 6.0 * macs - 2.0 * skipped
 

@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from cifar_core.config import ConfigError, ModelConfig
+from cifar_core.config import ConfigError, ModelConfig, get_preset
 from cifar_core.model import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -159,6 +159,13 @@ def test_training_flops_of_the_baseline() -> None:
     conv_macs = 30 * 30 * 9 * 3 * 32 + 13 * 13 * 9 * 32 * 64 + 4 * 4 * 9 * 64 * 128
     dense_macs = 512 * 128 + 128 * 64 + 64 * 10
     assert training_flops(ModelConfig()) == 6 * (conv_macs + dense_macs)
+
+
+def test_training_flops_leave_out_the_first_input_gradient_once_the_stem_is_fixed() -> None:
+    quick = get_preset("quick").model
+    first_conv = 31 * 31 * 9 * 24 * 32  # the whitened 31x31x24 map into 32 filters
+    assert training_flops(quick, stem_fixed=True) == training_flops(quick) - 2 * first_conv
+    assert training_flops(ModelConfig(), stem_fixed=True) == training_flops(ModelConfig()), "no stem"
 
 
 def test_keras_init_zero_biases_and_glorot_uniform_kernels() -> None:
