@@ -31,18 +31,23 @@ def mirror_mean(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def three_ways(model: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The logits of a batch of uint8 images (N, 32, 32, 3), plain, mirror-averaged, and
+    mirror-averaged with the two shifts."""
+    x = to_input(images)
+    mirrored = mirror_mean(model, x)
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = (mirror_mean(model, padded[:, :, :32, :32]) + mirror_mean(model, padded[:, :, 2:, 2:])) / 2
+    return {"plain": model(x), "mirror": mirrored, "mirror + shifts": (mirrored + shifted) / 2}
+
+
 def accuracies(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                batch: int = 250) -> dict[str, float]:
     model.eval()
     correct = {"plain": 0, "mirror": 0, "mirror + shifts": 0}
     for start in range(0, len(images), batch):
-        x, y = to_input(images[start:start + batch]), labels[start:start + batch]
-        plain, mirrored = model(x), mirror_mean(model, x)
-        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        shifted = (mirror_mean(model, padded[:, :, :32, :32]) + mirror_mean(model, padded[:, :, 2:, 2:])) / 2
-        for name, logits in (("plain", plain), ("mirror", mirrored),
-                             ("mirror + shifts", (mirrored + shifted) / 2)):
-            correct[name] += int((logits.argmax(1) == y).sum())
+        for name, logits in three_ways(model, images[start:start + batch]).items():
+            correct[name] += int((logits.argmax(1) == labels[start:start + batch]).sum())
     return {name: n / len(images) for name, n in correct.items()}
 
 
