@@ -42,7 +42,7 @@ from cifar_core.devices import autocast, resolve_device, use_bf16
 from cifar_core.evaluation import evaluate
 from cifar_core.inference import predict_files
 from cifar_core.model import build_model, to_input, training_flops
-from cifar_core.training import learn_stem_bias, make_optimizer
+from cifar_core.training import learn_stem_bias, make_optimizer, stem_bias_learns
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 8) -> float:
@@ -58,7 +58,7 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 8) -> float:
 def fixes_stem(preset: Preset) -> bool:
     """Whether the preset fixes its stem's bias after its first epochs: then the step is
     timed, and its arithmetic counted, as it runs in the epochs after that, most of them."""
-    return preset.train.stem_bias_epochs > 0
+    return not stem_bias_learns(preset.train, preset.train.epochs)
 
 
 def project_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, steps: int,

@@ -293,7 +293,7 @@ def train_epoch(model: nn.Module, setup: TrainingSetup, cfg: TrainConfig, epoch:
     batch of a stop request."""
     s = setup
     model.train()
-    learn_stem_bias(model, cfg.stem_bias_epochs == 0 or epoch <= cfg.stem_bias_epochs)
+    learn_stem_bias(model, stem_bias_learns(cfg, epoch))
     perm = torch.randperm(len(s.y_train), generator=s.order_gen).to(s.device)
     loss_sum = torch.zeros((), device=s.device)
     correct = torch.zeros((), device=s.device, dtype=torch.long)
@@ -334,6 +334,11 @@ def train_epoch(model: nn.Module, setup: TrainingSetup, cfg: TrainConfig, epoch:
     grad_norms = dict(zip([name for name, _ in s.weighted], (grad_sums / steps).tolist()))
     return EpochTraining((loss_sum / seen).item(), correct.item() / seen, lr, grad_norms, stopped,
                          steps == s.batches)
+
+
+def stem_bias_learns(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether the whitening stem's bias learns in ``epoch`` (1-based)."""
+    return cfg.stem_bias_epochs == 0 or epoch <= cfg.stem_bias_epochs
 
 
 def learn_stem_bias(model: nn.Module, learn: bool) -> None:
@@ -382,8 +387,8 @@ def _continue_generator(generator: torch.Generator, state: torch.Tensor, epoch: 
     else:
         generator.manual_seed(generator.initial_seed() + epoch)
         log.warning("resumed on %s from a state saved on another kind of device: "
-                       "augmentations after epoch %d differ from an uninterrupted run's",
-                       generator.device.type, epoch)
+                    "augmentations after epoch %d differ from an uninterrupted run's",
+                    generator.device.type, epoch)
 
 
 @dataclass
