@@ -1,18 +1,20 @@
 """Speed figures of the project on the real data, printed as a table.
 
     python benchmarks/speed.py --data-dir /tmp/cifar10 [--preset baseline] [--steps 150] [--profile]
+        [--device cpu|cuda|mps] [--memory-format auto|channels_last|contiguous]
 
 Measures, in one process: reading all batches and splitting; training throughput of
-the project's step (whole dataset as uint8 tensors, batched augmentation, channels_last,
-bf16 where native) against a naive PyTorch loop (a DataLoader over per-image
-torchvision transforms, NCHW float32) on the same model and optimizer, alternating
-so that load on a shared machine hits both alike; evaluating the 10,000 test images;
-one uploaded PNG from bytes to top-k (p50/p95 of 200 warm calls); peak memory. The
-step's sustained arithmetic (images/s x the model's training FLOPs per image) is printed
-next to what a large fp32 and bf16 matrix product reach in the same process, the
-processor's practical peak. A preset that fixes its stem's bias is timed as its later
-epochs run, with the bias fixed (``fixes_stem``). ``--profile`` adds torch.profiler's
-table of the step.
+the project's step (whole dataset as uint8 tensors, batched augmentation, the device's
+training layout, bf16 where native) against a naive PyTorch loop (a DataLoader over
+per-image torchvision transforms, NCHW float32) on the same model and optimizer,
+alternating so that load on a shared machine hits both alike; evaluating the 10,000 test
+images; one uploaded PNG from bytes to top-k on the CPU (p50/p95 of 200 warm calls); peak
+memory. The step's sustained arithmetic (images/s x the model's training FLOPs per image)
+is printed next to what a large fp32 and bf16 matrix product reach on the same device in
+the same process, its practical peak. A preset that fixes its stem's bias is timed as its
+later epochs run, with the bias fixed (``fixes_stem``). ``--profile`` adds torch.profiler's
+table of the step; ``--memory-format`` times the step in another layout than the
+project's own (``training_memory_format``).
 """
 
 from __future__ import annotations
@@ -38,20 +40,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cifar_core.augment import augment
 from cifar_core.config import Preset, get_preset
 from cifar_core.data import load_cifar10
-from cifar_core.devices import autocast, resolve_device, use_bf16
+from cifar_core.devices import (
+    autocast,
+    resolve_device,
+    training_memory_format,
+    tune_for_fixed_shapes,
+    use_bf16,
+)
 from cifar_core.evaluation import evaluate
 from cifar_core.inference import predict_files
 from cifar_core.model import build_model, to_input, training_flops
 from cifar_core.training import learn_stem_bias, make_optimizer, stem_bias_learns
 
+MEMORY_FORMATS = {"auto": None, "channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 8) -> float:
-    """Sustained GFLOP/s of an n x n matrix product: the processor's practical peak."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that the clock reads finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def matmul_gflops(dtype: torch.dtype, device: torch.device, reps: int = 8) -> float:
+    """Sustained GFLOP/s of a large square matrix product: the device's practical peak."""
+    n = 2048 if device.type == "cpu" else 8192  # a GPU needs the larger one to fill up
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     a @ b
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
+    synchronize(device)
     return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
 
 
@@ -62,21 +83,23 @@ def fixes_stem(preset: Preset) -> bool:
 
 
 def project_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, steps: int,
+                  device: torch.device, memory_format: torch.memory_format,
                   profile: bool = False) -> float:
     """Images per second of the project's training step."""
     preset = get_preset(preset_name)
-    cfg, device = preset.train, resolve_device("cpu")
+    cfg = preset.train
     bf16 = use_bf16(cfg.precision, device)
-    model = build_model(preset.model).to(memory_format=torch.channels_last).train()
+    tune_for_fixed_shapes(device)
+    model = build_model(preset.model).to(device=device, memory_format=memory_format).train()
     learn_stem_bias(model, not fixes_stem(preset))
     optimizer = make_optimizer(model, cfg, device)
-    x_all, y_all = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    gen = torch.Generator().manual_seed(0)
+    x_all, y_all = torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
     bs = cfg.batch_size
 
     def step() -> None:
-        idx = torch.randint(0, len(y_all), (bs,), generator=gen)
-        x = augment(to_input(x_all[idx]), cfg.augmentation, gen).contiguous(memory_format=torch.channels_last)
+        idx = torch.randint(0, len(y_all), (bs,), generator=gen, device=device)
+        x = augment(to_input(x_all[idx]), cfg.augmentation, gen).contiguous(memory_format=memory_format)
         with autocast(device, bf16):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y_all[idx], label_smoothing=cfg.label_smoothing)
@@ -86,21 +109,27 @@ def project_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, st
 
     for _ in range(5):
         step()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile \
-            else contextlib.nullcontext() as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) if profile else contextlib.nullcontext() as prof:
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
             step()
+        synchronize(device)
         seconds = time.perf_counter() - start
     if profile:
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=15))
     return steps * bs / seconds
 
 
-def naive_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, steps: int) -> float:
+def naive_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, steps: int,
+                device: torch.device) -> float:
     """Images per second of the textbook loop: DataLoader, per-image transforms, NCHW fp32."""
     preset = get_preset(preset_name)
-    model = build_model(preset.model).train()
+    model = build_model(preset.model).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3) if preset.train.optimizer == "adam" \
         else torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     if preset.train.augmentation == "keras":
@@ -119,12 +148,14 @@ def naive_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, step
     it = iter(loader)
     for step in range(steps + 5):
         if step == 5:
+            synchronize(device)
             start = time.perf_counter()
         x, y = next(it)
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x.to(device)), y.to(device))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    synchronize(device)
     return steps * preset.train.batch_size / (time.perf_counter() - start)
 
 
@@ -148,7 +179,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="training steps per timing")
     parser.add_argument("--rounds", type=int, default=2, help="alternations project/naive")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's table of the step")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
+    parser.add_argument("--memory-format", default="auto", choices=list(MEMORY_FORMATS),
+                        help="the step's layout (auto: the project's training layout for the device)")
     args = parser.parse_args()
+    device = resolve_device(args.device)
+    memory_format = MEMORY_FORMATS[args.memory_format] or training_memory_format(device)
     torch.manual_seed(0)
 
     start = time.perf_counter()
@@ -159,24 +195,25 @@ def main() -> None:
     project, naive = [], []
     for round_ in range(args.rounds):
         for dtype, figures in peaks.items():
-            figures.append(matmul_gflops(dtype))
-        project.append(project_steps(args.preset, data.x_train, data.y_train, args.steps,
-                                     args.profile and round_ == 0))
-        naive.append(naive_steps(args.preset, data.x_train, data.y_train, max(20, args.steps // 3)))
+            figures.append(matmul_gflops(dtype, device))
+        project.append(project_steps(args.preset, data.x_train, data.y_train, args.steps, device,
+                                     memory_format, args.profile and round_ == 0))
+        naive.append(naive_steps(args.preset, data.x_train, data.y_train, max(20, args.steps // 3), device))
 
     preset = get_preset(args.preset)
     model = build_model(preset.model).eval()
     start = time.perf_counter()
-    evaluate(model, data.x_test, data.y_test, data.classes, "cpu", preset.train.precision,
+    evaluate(model, data.x_test, data.y_test, data.classes, device.type, preset.train.precision,
              preset.train.tta_flip)
     eval_s = time.perf_counter() - start
-    latency = sorted(predict_latency(model, data.classes, data.x_test[0]))
+    latency = sorted(predict_latency(model.cpu(), data.classes, data.x_test[0]))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     step_gflops = statistics.median(project) * training_flops(preset.model, fixes_stem(preset)) / 1e9
     fp32_peak, bf16_peak = (statistics.median(figures) for figures in peaks.values())
     rows = [
         ("read all batches + split", f"{load_s:.2f} s"),
+        ("device, step layout", f"{device.type}, {str(memory_format).removeprefix('torch.')}"),
         (f"train step, project ({args.preset}{', stem bias fixed' if fixes_stem(preset) else ''})",
          f"{statistics.median(project):,.0f} images/s"),
         ("  its sustained arithmetic", f"{step_gflops:,.0f} GFLOP/s"),
@@ -186,9 +223,11 @@ def main() -> None:
         ("speed-up", f"{statistics.median(project) / statistics.median(naive):.1f}x"),
         ("seconds per 40,000-image epoch (project)", f"{40000 / statistics.median(project):.1f} s"),
         ("evaluate 10,000 test images", f"{eval_s:.2f} s"),
-        ("predict one PNG, p50 / p95", f"{latency[len(latency) // 2] * 1e3:.1f} / "
+        ("predict one PNG on the CPU, p50 / p95", f"{latency[len(latency) // 2] * 1e3:.1f} / "
                                        f"{latency[int(len(latency) * 0.95)] * 1e3:.1f} ms"),
         ("peak memory (RSS)", f"{peak_mb:,.0f} MB"),
+        *([("peak GPU memory", f"{torch.cuda.max_memory_allocated(device) / 2**20:,.0f} MB")]
+          if device.type == "cuda" else []),
         ("torch threads", str(torch.get_num_threads())),
     ]
     width = max(len(name) for name, _ in rows)

@@ -24,6 +24,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def training_memory_format(device: torch.device) -> torch.memory_format:
+    """The layout of images and weights in training: channels-last on CPUs, where it is
+    oneDNN's own layout, and on CUDA GPUs, whose tensor-core convolutions read it natively
+    (on an H200 the ``fast`` step, bound by kernel launches, ran level in both layouts;
+    benchmarks/RESULTS.md); the default layout on Apple MPS."""
+    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+
+
+def tune_for_fixed_shapes(device: torch.device) -> None:
+    """Training batches all have one shape, so on CUDA it pays to let cuDNN time its
+    convolution algorithms once and keep the fastest."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def cpu_has_native_bf16() -> bool:
     """True where the processor does bfloat16 math in hardware (AVX512-BF16 or AMX)."""
     try:

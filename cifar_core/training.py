@@ -37,7 +37,7 @@ from torch import nn
 from .augment import alternating_flips, augment
 from .config import Monitor, TrainConfig
 from .data import CifarData
-from .devices import autocast, resolve_device, use_bf16
+from .devices import autocast, resolve_device, training_memory_format, tune_for_fixed_shapes, use_bf16
 from .model import CifarCNN, predict_logits, to_input
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,8 @@ def set_up(model: nn.Module, data: CifarData, cfg: TrainConfig) -> TrainingSetup
     torch.manual_seed(cfg.seed)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    memory_format = training_memory_format(device)
+    tune_for_fixed_shapes(device)
     model.to(device=device, memory_format=memory_format)
     x_train = torch.from_numpy(data.x_train).to(device)
     y_train = torch.from_numpy(data.y_train).to(device)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
+import statistics
+import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from cifar_core.config import ModelConfig, get_preset
 from cifar_core.data import load_cifar10
 from cifar_core.model import build_model, to_input, training_flops
+from cifar_core.runs import load_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def benchmark(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # where dataclasses look a module's classes up
     spec.loader.exec_module(module)
     return module
 
@@ -49,3 +54,32 @@ def test_speed_benchmark_counts_the_step_as_the_presets_later_epochs_run() -> No
     assert speed.fixes_stem(get_preset("fast")) and not speed.fixes_stem(get_preset("baseline"))
     fast = get_preset("fast").model
     assert training_flops(fast, stem_fixed=True) < training_flops(fast)
+
+
+def test_preset_benchmark_counts_the_stem_input_gradient_only_while_the_bias_learns() -> None:
+    fast = get_preset("fast")
+    assert fast.train.stem_bias_epochs == 3 and fast.train.epochs == 12
+    expected = 100 * (3 * training_flops(fast.model) + 9 * training_flops(fast.model, stem_fixed=True))
+    assert benchmark("presets").run_flops("fast", 12, 100) == pytest.approx(expected)
+
+
+def test_preset_benchmark_reports_what_each_run_recorded(cifar_root: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    presets = benchmark("presets")
+    monkeypatch.setattr(sys, "argv", ["presets.py", "--data-dir", str(cifar_root), "--presets", "quick",
+                                      "--seeds", "3", "4", "--device", "cpu", "--runs-dir", str(tmp_path)])
+    presets.main()
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| quick |")]
+    per_run, summary = rows[:2], rows[2]
+    tests = []
+    for cells, seed in zip(per_run, (3, 4), strict=True):
+        run = load_run(tmp_path / f"quick-seed{seed}")
+        assert run.train_config.seed == seed and int(cells[1]) == seed
+        assert float(cells[2]) == pytest.approx(sum(r.seconds for r in run.history), abs=0.06)
+        assert float(cells[7]) == pytest.approx(100 * run.metrics.test_acc, abs=0.006)
+        tests.append(100 * run.metrics.test_acc)
+    mean, spread = (float(v) for v in summary[4].split("±"))
+    assert mean == pytest.approx(statistics.mean(tests), abs=0.006)
+    assert spread == pytest.approx(statistics.stdev(tests), abs=0.006)
