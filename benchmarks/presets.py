@@ -1,7 +1,7 @@
 """Train presets on the real data, several seeds each, and print what every run gave.
 
     python benchmarks/presets.py --data-dir /tmp/cifar10 --presets quick fast --seeds 0 1 2
-        [--device auto] [--runs-dir /tmp/preset-runs]
+        [--device auto] [--runs-dir /tmp/preset-runs] [--set KEY=VALUE ...]
 
 The seeds are the outer loop, so a call cut short still holds a run of every preset. Per
 run: training seconds (the sum of history.csv's epochs, validation included, as the app
@@ -9,7 +9,8 @@ shows them), the whole call of ``train_run`` (set-up and test included), images 
 second, the sustained arithmetic of training (the images of each epoch x the training
 FLOPs per image in that epoch / training seconds), best validation accuracy and the test
 accuracy the run computed once. Then mean and spread over the seeds of each preset, and
-the device's matrix-product peak measured in the same process.
+the device's matrix-product peak measured in the same process. ``--set`` changes a setting
+of every preset of the call, as on the command line, to measure a variant the same way.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from speed import matmul_gflops  # benchmarks/speed.py
 
-from cifar_core.config import get_preset
-from cifar_core.data import load_cifar10
+from cifar_core.config import ModelConfig, TrainConfig, apply_overrides, get_preset, parse_overrides
+from cifar_core.data import CifarData, load_cifar10
 from cifar_core.devices import resolve_device
 from cifar_core.model import training_flops
 from cifar_core.pipeline import train_run
@@ -49,26 +50,31 @@ class Outcome:
     test_acc: float
 
 
-def run_flops(preset: str, epochs: int, images_per_epoch: int) -> float:
-    """Training FLOPs of ``epochs`` epochs of ``preset``, counting the stem's input gradient
-    only in the epochs whose stem bias learns."""
+def configs(preset: str, overrides: dict[str, object]) -> tuple[ModelConfig, TrainConfig]:
     p = get_preset(preset)
-    return sum(images_per_epoch * training_flops(p.model, not stem_bias_learns(p.train, epoch))
+    return apply_overrides(p.model, p.train, overrides)
+
+
+def run_flops(model_cfg: ModelConfig, train_cfg: TrainConfig, epochs: int, images_per_epoch: int) -> float:
+    """Training FLOPs of ``epochs`` epochs, counting the stem's input gradient only in the
+    epochs whose stem bias learns."""
+    return sum(images_per_epoch * training_flops(model_cfg, not stem_bias_learns(train_cfg, epoch))
                for epoch in range(1, epochs + 1))
 
 
-def train_preset(preset: str, seed: int, device: str, data, run_dir: Path) -> Outcome:
-    p = get_preset(preset)
-    train_cfg = replace(p.train, seed=seed, device=device)
+def train_preset(preset: str, seed: int, device: str, data: CifarData, run_dir: Path,
+                 overrides: dict[str, object] | None = None) -> Outcome:
+    model_cfg, train_cfg = configs(preset, overrides or {})
+    train_cfg = replace(train_cfg, seed=seed, device=device)
     started = time.perf_counter()
-    metrics = train_run(p.model, train_cfg, data, run_dir, preset=preset)
+    metrics = train_run(model_cfg, train_cfg, data, run_dir, preset=preset)
     wall = time.perf_counter() - started
     history = load_run(run_dir).history
     batch = min(train_cfg.batch_size, len(data.y_train))
     images = len(data.y_train) // batch * batch
     seconds = sum(r.seconds for r in history)
     return Outcome(preset, seed, seconds, wall, images * len(history) / seconds,
-                   run_flops(preset, len(history), images) / seconds / 1e9,
+                   run_flops(model_cfg, train_cfg, len(history), images) / seconds / 1e9,
                    metrics.val_acc, metrics.test_acc)
 
 
@@ -101,19 +107,25 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/preset-runs"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a setting of every preset, e.g. --set label_smoothing=0.1")
     args = parser.parse_args()
+    overrides = parse_overrides(args.overrides)
     for preset in args.presets:
-        get_preset(preset)  # an unknown name fails before any training
+        configs(preset, overrides)  # an unknown name or setting fails before any training
     device = resolve_device(args.device)
     data = load_cifar10(args.data_dir, download=False)
     peaks = {dtype: matmul_gflops(dtype, device) for dtype in (torch.float32, torch.bfloat16)}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     print(f"device {name}, torch {torch.__version__}; matrix product peak fp32 "
           f"{peaks[torch.float32]:,.0f} / bf16 {peaks[torch.bfloat16]:,.0f} GFLOP/s", flush=True)
+    if overrides:
+        print("changed in every preset: " + ", ".join(args.overrides), flush=True)
     outcomes = []
     for seed in args.seeds:
         for preset in args.presets:
-            outcome = train_preset(preset, seed, device.type, data, args.runs_dir / f"{preset}-seed{seed}")
+            outcome = train_preset(preset, seed, device.type, data, args.runs_dir / f"{preset}-seed{seed}",
+                                   overrides)
             outcomes.append(outcome)
             print(f"{preset} seed {seed}: {outcome.train_seconds:.1f} s training, test "
                   f"{100 * outcome.test_acc:.2f}%", flush=True)

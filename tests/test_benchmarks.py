@@ -60,7 +60,7 @@ def test_preset_benchmark_counts_the_stem_input_gradient_only_while_the_bias_lea
     fast = get_preset("fast")
     assert fast.train.stem_bias_epochs == 3 and fast.train.epochs == 12
     expected = 100 * (3 * training_flops(fast.model) + 9 * training_flops(fast.model, stem_fixed=True))
-    assert benchmark("presets").run_flops("fast", 12, 100) == pytest.approx(expected)
+    assert benchmark("presets").run_flops(fast.model, fast.train, 12, 100) == pytest.approx(expected)
 
 
 def test_preset_benchmark_reports_what_each_run_recorded(cifar_root: Path, tmp_path: Path,
@@ -68,7 +68,8 @@ def test_preset_benchmark_reports_what_each_run_recorded(cifar_root: Path, tmp_p
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     presets = benchmark("presets")
     monkeypatch.setattr(sys, "argv", ["presets.py", "--data-dir", str(cifar_root), "--presets", "quick",
-                                      "--seeds", "3", "4", "--device", "cpu", "--runs-dir", str(tmp_path)])
+                                      "--seeds", "3", "4", "--device", "cpu", "--runs-dir", str(tmp_path),
+                                      "--set", "label_smoothing=0.1"])
     presets.main()
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| quick |")]
@@ -77,6 +78,7 @@ def test_preset_benchmark_reports_what_each_run_recorded(cifar_root: Path, tmp_p
     for cells, seed in zip(per_run, (3, 4), strict=True):
         run = load_run(tmp_path / f"quick-seed{seed}")
         assert run.train_config.seed == seed and int(cells[1]) == seed
+        assert run.train_config.label_smoothing == 0.1
         assert float(cells[2]) == pytest.approx(sum(r.seconds for r in run.history), abs=0.06)
         assert float(cells[7]) == pytest.approx(100 * run.metrics.test_acc, abs=0.006)
         tests.append(100 * run.metrics.test_acc)
