@@ -14,7 +14,8 @@ is printed next to what a large fp32 and bf16 matrix product reach on the same d
 the same process, its practical peak. A preset that fixes its stem's bias is timed as its
 later epochs run, with the bias fixed (``fixes_stem``). ``--profile`` adds torch.profiler's
 table of the step; ``--memory-format`` times the step in another layout than the
-project's own (``training_memory_format``).
+project's own (``training_memory_format``); ``--compile`` times it with the model compiled
+by ``torch.compile`` (its build falls in the untimed warm-up steps).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def fixes_stem(preset: Preset) -> bool:
 
 def project_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, steps: int,
                   device: torch.device, memory_format: torch.memory_format,
-                  profile: bool = False) -> float:
+                  profile: bool = False, compiled: bool = False) -> float:
     """Images per second of the project's training step."""
     preset = get_preset(preset_name)
     cfg = preset.train
@@ -93,6 +94,7 @@ def project_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, st
     model = build_model(preset.model).to(device=device, memory_format=memory_format).train()
     learn_stem_bias(model, not fixes_stem(preset))
     optimizer = make_optimizer(model, cfg, device)
+    forward = torch.compile(model) if compiled else model
     x_all, y_all = torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device)
     gen = torch.Generator(device=device).manual_seed(0)
     bs = cfg.batch_size
@@ -101,7 +103,7 @@ def project_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, st
         idx = torch.randint(0, len(y_all), (bs,), generator=gen, device=device)
         x = augment(to_input(x_all[idx]), cfg.augmentation, gen).contiguous(memory_format=memory_format)
         with autocast(device, bf16):
-            logits = model(x)
+            logits = forward(x)
         loss = F.cross_entropy(logits.float(), y_all[idx], label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -179,6 +181,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="training steps per timing")
     parser.add_argument("--rounds", type=int, default=2, help="alternations project/naive")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's table of the step")
+    parser.add_argument("--compile", action="store_true", help="time the step with the model torch.compile'd")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
     parser.add_argument("--memory-format", default="auto", choices=list(MEMORY_FORMATS),
                         help="the step's layout (auto: the project's training layout for the device)")
@@ -197,7 +200,7 @@ def main() -> None:
         for dtype, figures in peaks.items():
             figures.append(matmul_gflops(dtype, device))
         project.append(project_steps(args.preset, data.x_train, data.y_train, args.steps, device,
-                                     memory_format, args.profile and round_ == 0))
+                                     memory_format, args.profile and round_ == 0, args.compile))
         naive.append(naive_steps(args.preset, data.x_train, data.y_train, max(20, args.steps // 3), device))
 
     preset = get_preset(args.preset)
@@ -213,7 +216,8 @@ def main() -> None:
     fp32_peak, bf16_peak = (statistics.median(figures) for figures in peaks.values())
     rows = [
         ("read all batches + split", f"{load_s:.2f} s"),
-        ("device, step layout", f"{device.type}, {str(memory_format).removeprefix('torch.')}"),
+        ("device, step layout", f"{device.type}, {str(memory_format).removeprefix('torch.')}"
+                                f"{', torch.compile' if args.compile else ''}"),
         (f"train step, project ({args.preset}{', stem bias fixed' if fixes_stem(preset) else ''})",
          f"{statistics.median(project):,.0f} images/s"),
         ("  its sustained arithmetic", f"{step_gflops:,.0f} GFLOP/s"),
