@@ -85,3 +85,18 @@ def test_preset_benchmark_reports_what_each_run_recorded(cifar_root: Path, tmp_p
     mean, spread = (float(v) for v in summary[4].split("±"))
     assert mean == pytest.approx(statistics.mean(tests), abs=0.006)
     assert spread == pytest.approx(statistics.stdev(tests), abs=0.006)
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_speed_benchmark_times_the_step_in_either_layout(cifar_root: Path,
+                                                         memory_format: torch.memory_format) -> None:
+    data = load_cifar10(cifar_root, download=False)
+    images_per_second = benchmark("speed").project_steps("quick", data.x_train, data.y_train, 2,
+                                                         torch.device("cpu"), memory_format)
+    assert images_per_second > 0
+
+
+def test_speed_benchmark_times_the_textbook_loop(cifar_root: Path) -> None:
+    data = load_cifar10(cifar_root, download=False)
+    # Batches of 64: the fixture's 400 training images hold the 5 warm-up steps and one more.
+    assert benchmark("speed").naive_steps("baseline", data.x_train, data.y_train, 1, torch.device("cpu")) > 0
