@@ -18,7 +18,7 @@ from sklearn.metrics import confusion_matrix
 from cifar_core import devices, training
 from cifar_core.config import ConfigError, ModelConfig, TrainConfig
 from cifar_core.data import CifarData, load_cifar10
-from cifar_core.devices import resolve_device, use_bf16
+from cifar_core.devices import resolve_device, training_memory_format, tune_for_fixed_shapes, use_bf16
 from cifar_core.model import build_model, predict_logits
 from cifar_core.training import BatchEvent, EpochEvent, fit
 
@@ -188,6 +188,17 @@ def test_model_is_channels_last_while_training(data: CifarData) -> None:
     model.layers.conv2.register_forward_pre_hook(check)
     fit(model, data, tiny_config(epochs=1, batch_size=128, augmentation="keras"))
     assert seen and all(inp and weight for inp, weight in seen)
+
+
+def test_each_device_has_its_training_layout_and_only_cuda_autotunes(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert training_memory_format(torch.device("cpu")) == torch.channels_last
+    assert training_memory_format(torch.device("cuda")) == torch.channels_last
+    assert training_memory_format(torch.device("mps")) == torch.contiguous_format
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    tune_for_fixed_shapes(torch.device("cpu"))
+    assert not torch.backends.cudnn.benchmark
+    tune_for_fixed_shapes(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
