@@ -17,6 +17,7 @@ import torch
 
 from .config import ModelConfig, TrainConfig
 from .data import CifarData
+from .devices import resolve_device
 from .evaluation import evaluate
 from .model import build_model
 from .runs import Run, RunError, RunMetrics, RunWriter, load_run, read_checkpoint, training_lock
@@ -30,8 +31,10 @@ def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, r
     """Train, record every epoch in ``run_dir``, evaluate on the test set; returns the metrics.
 
     A run stopped by the user is still tested and saved (status ``stopped``); an
-    exception marks the folder ``interrupted`` and propagates.
+    exception marks the folder ``interrupted`` and propagates. A device this machine lacks
+    raises ConfigError before the folder exists, so it leaves no run behind.
     """
+    resolve_device(train_cfg.device)
     with training_lock(run_dir):  # before any write: the folder may be another process's run
         writer = RunWriter(run_dir, model_cfg, train_cfg, preset, subset, channel_order)
         torch.manual_seed(train_cfg.seed)  # the initial weights belong to the seeded run too

@@ -19,7 +19,7 @@ import torch
 from helpers import WritesMarker
 
 from cifar_core import runs
-from cifar_core.config import ModelConfig, TrainConfig
+from cifar_core.config import ConfigError, ModelConfig, TrainConfig
 from cifar_core.data import DEFAULT_CLASSES, CifarData, load_cifar10
 from cifar_core.evaluation import Evaluation, evaluate
 from cifar_core.model import build_model
@@ -191,6 +191,15 @@ def test_failure_after_training_does_not_leave_the_run_running(data: CifarData, 
         train_run(TINY, TRAIN.__class__(**TRAIN.to_dict() | {"epochs": 1}), data, tmp_path / "r")
     # This process is alive, so only the recorded status can tell that the run ended.
     assert load_run(tmp_path / "r").status == "interrupted"
+
+
+def test_a_device_this_machine_lacks_leaves_no_run_behind(data: CifarData, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        train_run(TINY, dataclasses.replace(TRAIN, device="cuda"), data, tmp_path / "r")
+    # Else a student's mistyped --device would list as an interrupted run in the app.
+    assert not (tmp_path / "r").exists()
 
 
 def dead_pid() -> int:
