@@ -61,6 +61,7 @@ def resume_run(run_dir: str | os.PathLike, data: CifarData, on_event: EventHandl
             raise RunError(f"{run.path} trained on {state.train_images:,} images (validated on "
                            f"{state.val_images:,}); this data has {len(data.y_train):,} "
                            f"({len(data.y_val):,}): is it the same dataset?")
+        resolve_device(cfg.device)  # before reopening: a run that cannot go on here keeps its record
         writer = RunWriter.reopen(run, state)
         model = build_model(run.model_config)
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from streamlit.testing.v1 import AppTest
 
 from cifar_core import runs
 from cifar_core.__main__ import main
-from cifar_core.config import ModelConfig, TrainConfig, apply_overrides, get_preset
+from cifar_core.config import ConfigError, ModelConfig, TrainConfig, apply_overrides, get_preset
 from cifar_core.data import CifarData, load_cifar10, subset
 from cifar_core.jobs import JobRegistry, get_registry
 from cifar_core.model import build_model
@@ -415,6 +416,23 @@ def test_resume_refuses_a_finished_run_in_process(data: CifarData, tmp_path: Pat
     finished = write_run(tmp_path / "finished", data, "finished", 3)
     with pytest.raises(RunError, match="has finished"):
         resume_run(finished, data)
+
+
+def test_resume_on_a_machine_without_the_runs_device_leaves_it_as_it_was(
+        data: CifarData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stopped = write_run(tmp_path / "stopped", data, "stopped", 1)
+    config = json.loads((stopped / "config.json").read_text())
+    config["train"]["device"] = "cuda"
+    (stopped / "config.json").write_text(json.dumps(config))
+    def files() -> dict[str, bytes]:  # the record, not the lock file a resume attempt takes
+        return {f.name: f.read_bytes() for f in stopped.iterdir() if f.name != runs.LOCK_FILE}
+
+    before = files()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        resume_run(stopped, data)
+    assert load_run(stopped).status == "stopped"
+    assert files() == before
 
 
 def test_run_saved_on_another_kind_of_device_goes_on_with_fresh_augmentation(
