@@ -276,6 +276,11 @@ class Job:
             log.exception("training job %s failed", self.id)
             error = f"{type(err).__name__}: {err}"
         finally:
+            if error and not self.resume_dir:
+                # The folder reserved for a run that failed before writing anything (a device
+                # this machine lacks, say) would stay behind as an empty, nameless entry.
+                with contextlib.suppress(OSError):
+                    self._run_dir.rmdir()  # only ever removes an empty folder
             with self._lock:
                 self._status, self._phase, self._metrics = status, "done", metrics
                 self._error, self._ended = error, time.time()

@@ -187,6 +187,16 @@ def test_snapshots_are_consistent_and_frozen(data: CifarData, tmp_path: Path) ->
         early.status = "failed"  # type: ignore[misc]
 
 
+def test_a_run_that_fails_before_writing_leaves_no_folder(data: CifarData, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    registry = JobRegistry(max_jobs=1, torch_threads=1)
+    job_id = registry.submit(PRESET.model, train_cfg(device="cuda"), data, runs_root=tmp_path / "runs")
+    snap = registry.wait(job_id, timeout=30)
+    assert snap.status == "failed" and "no CUDA GPU" in snap.error
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
 def test_failure_is_reported_not_raised(data: CifarData, tmp_path: Path) -> None:
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
