@@ -35,7 +35,7 @@ from cifar_core.devices import resolve_device
 from cifar_core.model import training_flops
 from cifar_core.pipeline import train_run
 from cifar_core.runs import load_run
-from cifar_core.training import stem_bias_learns
+from cifar_core.training import stem_bias_learns, whole_batches
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,8 @@ def train_preset(preset: str, seed: int, device: str, data: CifarData, run_dir: 
     metrics = train_run(model_cfg, train_cfg, data, run_dir, preset=preset)
     wall = time.perf_counter() - started
     history = load_run(run_dir).history
-    batch = min(train_cfg.batch_size, len(data.y_train))
-    images = len(data.y_train) // batch * batch
+    batch, batches = whole_batches(len(data.y_train), train_cfg.batch_size)
+    images = batch * batches
     seconds = sum(r.seconds for r in history)
     return Outcome(preset, seed, seconds, wall, images * len(history) / seconds,
                    run_flops(model_cfg, train_cfg, len(history), images) / seconds / 1e9,

@@ -251,6 +251,13 @@ class TrainingSetup:
     images_done: int = 0
 
 
+def whole_batches(images: int, batch_size: int) -> tuple[int, int]:
+    """The batch size an epoch of ``images`` uses (at most all of them) and its number of
+    batches: whole batches only, as Keras' steps_per_epoch = n // batch."""
+    batch_size = min(batch_size, images)
+    return batch_size, images // batch_size
+
+
 def set_up(model: nn.Module, data: CifarData, cfg: TrainConfig) -> TrainingSetup:
     """Seed, move model and training images to the device, make optimizer and schedule."""
     device = resolve_device(cfg.device)
@@ -263,8 +270,7 @@ def set_up(model: nn.Module, data: CifarData, cfg: TrainConfig) -> TrainingSetup
     model.to(device=device, memory_format=memory_format)
     x_train = torch.from_numpy(data.x_train).to(device)
     y_train = torch.from_numpy(data.y_train).to(device)
-    batch_size = min(cfg.batch_size, len(y_train))
-    batches = len(y_train) // batch_size  # whole batches only, as Keras' steps_per_epoch = n // batch
+    batch_size, batches = whole_batches(len(y_train), cfg.batch_size)
     if isinstance(model, CifarCNN) and model.config.stem == "whiten":
         model.init_whitening(to_input(x_train[:WHITENING_IMAGES]))
     optimizer = make_optimizer(model, cfg, device)
