@@ -412,6 +412,11 @@ def test_job_stopped_by_its_user_resumes_to_the_uninterrupted_result(recipe: str
     assert_same_run(run.path, tmp_path / "reference")
 
 
+def record_bytes(run_dir: Path) -> dict[str, bytes]:
+    """The name and content of every file in a run folder."""
+    return {p.name: p.read_bytes() for p in run_dir.iterdir()}
+
+
 def test_resume_refuses_a_finished_run_in_process(data: CifarData, tmp_path: Path) -> None:
     finished = write_run(tmp_path / "finished", data, "finished", 3)
     with pytest.raises(RunError, match="has finished"):
@@ -424,15 +429,12 @@ def test_resume_on_a_machine_without_the_runs_device_leaves_it_as_it_was(
     config = json.loads((stopped / "config.json").read_text())
     config["train"]["device"] = "cuda"
     (stopped / "config.json").write_text(json.dumps(config))
-    def files() -> dict[str, bytes]:  # the record, not the lock file a resume attempt takes
-        return {f.name: f.read_bytes() for f in stopped.iterdir() if f.name != runs.LOCK_FILE}
-
-    before = files()
+    before = record_bytes(stopped)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         resume_run(stopped, data)
     assert load_run(stopped).status == "stopped"
-    assert files() == before
+    assert record_bytes(stopped) == before | {runs.LOCK_FILE: b""}  # only the attempt's empty lock file
 
 
 def test_run_saved_on_another_kind_of_device_goes_on_with_fresh_augmentation(
@@ -482,10 +484,10 @@ def test_a_run_folder_is_trained_by_one_process_at_a_time(data: CifarData, tmp_p
             resume_run(run_dir, data)
         assert load_run(run_dir).status == "stopped" and len(load_run(run_dir).history) == 1, \
             "a refused resume leaves the run as it was"
-        files = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+        before = record_bytes(run_dir)
         with pytest.raises(RunError, match="being trained by another process"):
             train_run(TINY, FAST, data, run_dir)  # a new run into the same folder writes nothing
-        assert files == {p.name: p.read_bytes() for p in run_dir.iterdir()}
+        assert record_bytes(run_dir) == before
         os.kill(holder.pid, signal.SIGKILL)  # a killed holder leaves no stale lock
         holder.wait(timeout=30)
     finally:
