@@ -243,7 +243,8 @@ def draw_result(snap: JobSnapshot, what: str) -> None:
 
 def draw_curves(snap: JobSnapshot) -> None:
     if not snap.history:
-        st.caption("The loss and accuracy curves appear after the first epoch.")
+        if snap.active:  # a run that ended without an epoch has no curves to come
+            st.caption("The loss and accuracy curves appear after the first epoch.")
         return
     left, right = st.columns(2)
     for column, metric in ((left, "loss"), (right, "accuracy")):

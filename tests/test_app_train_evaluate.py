@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import array
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -61,6 +62,22 @@ def start_run(at: AppTest, images: int, epochs: int) -> None:
     assert not at.exception, [e.message for e in at.exception]
 
 
+
+
+def test_a_device_this_machine_lacks_fails_the_run_and_leaves_nothing(
+        cifar_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    at = open_page("app_pages/model.py")
+    at.selectbox(key="model.device").set_value("cuda")
+    at.run()
+    at.switch_page("app_pages/train.py")
+    at.run()
+    start_run(at, images=200, epochs=1)
+    wait_until(at, lambda a: bool(a.error))
+    assert "failed: device 'cuda' requested but no CUDA GPU is available" in at.error[0].value
+    captions = " ".join(c.value for c in at.caption)
+    assert "No runs yet" in captions, "no run folder left behind"
+    assert "curves appear" not in captions, "a failed run has no curves to come"
 
 
 def test_tiny_run_trains_to_completion_then_evaluates(cifar_env: Path) -> None:
