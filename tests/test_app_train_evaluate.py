@@ -167,7 +167,8 @@ def test_evaluate_page_normalises_switches_split_and_filters_mistakes(trained_ru
     assert wrong[worst] > 0, "a network trained for one epoch makes mistakes"
     name = report["class"][worst]
     at.selectbox(key="evaluate.true").set_value(name).run()
-    gallery = [image.proto.imgs[0].caption for image in at.get("image")]
+    assert len(at.get("image")) == 1, "the gallery is one element"
+    gallery = [picture.caption for picture in at.get("image")[0].proto.imgs]
     assert len(gallery) == min(24, wrong[worst])
     assert all(caption.startswith(f"{name} → ") for caption in gallery)
 
@@ -178,7 +179,7 @@ def test_a_second_visitor_gets_the_gallery_pictures_without_encoding_them(
         at = open_page("app_pages/evaluate.py")
         at.selectbox(key="evaluate.run").set_value(str(trained_run)).run()
         assert not at.exception, [e.message for e in at.exception]
-        return [image.proto.imgs[0].url for image in at.image]
+        return [picture.url for image in at.image for picture in image.proto.imgs]
 
     first = gallery()
     encoded = []
