@@ -70,7 +70,7 @@ class CifarCNN(nn.Module):
                 if c.pool_first and i == 0 and sides[0] >= 2:
                     layers[f"pool{block}"] = pool(2)
                 if c.batch_norm:
-                    layers[f"bn{n_conv}"] = nn.BatchNorm2d(filters)
+                    layers[f"bn{n_conv}"] = nn.BatchNorm2d(filters, momentum=c.bn_momentum)
                     layers[f"bn{n_conv}"].weight.requires_grad_(c.bn_scale)
                 layers[f"{c.activation}{n_conv}"] = act()
             if not c.pool_first and sides[-2] >= 2:
