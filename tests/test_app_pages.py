@@ -176,6 +176,8 @@ def test_model_page_counts_parameters_and_follows_the_widgets(cifar_env: Path) -
     assert with_bn != 167_818
     assert metric(at, "Total params") == f"{with_bn:,}"
     assert at.session_state["config"][1].batch_norm is True
+    at.number_input(key="model.bn_momentum").set_value(0.4).run()
+    assert at.session_state["config"][1].bn_momentum == 0.4
 
     # The configuration is per session and survives a visit to another page.
     at.switch_page("app_pages/dataset.py").run()

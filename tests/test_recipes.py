@@ -86,6 +86,28 @@ def test_fixed_batch_norm_scale_and_logit_scale() -> None:
         ModelConfig(logit_scale=0)
 
 
+def test_batch_norm_momentum_changes_the_running_statistics_and_nothing_that_trains() -> None:
+    slow = build_model(dataclasses.replace(AIRBENCH, bn_momentum=0.1))
+    fast = build_model(dataclasses.replace(AIRBENCH, bn_momentum=0.4))
+    fast.load_state_dict(slow.state_dict())
+    x = torch.rand(8, 3, 32, 32)
+    outputs = [model(x) for model in (slow, fast)]  # training mode: each batch's own statistics
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    for out in outputs:
+        out.square().sum().backward()
+    for a, b in zip(slow.parameters(), fast.parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+    # From zero, one batch moves the running mean by the momentum's share of its mean.
+    pairs = [(a, b) for a, b in zip(slow.modules(), fast.modules(), strict=True)
+             if isinstance(a, nn.BatchNorm2d)]
+    assert pairs
+    for a, b in pairs:
+        torch.testing.assert_close(b.running_mean, a.running_mean * 4)
+    with pytest.raises(ConfigError, match="bn_momentum"):
+        ModelConfig(bn_momentum=0)
+
+
 def test_batch_norm_shifts_learn_faster_with_less_weight_decay() -> None:
     model = build_model(AIRBENCH)
     cfg = TrainConfig(optimizer="sgd", lr=0.4, weight_decay=1e-4, bias_lr_scale=64)
@@ -155,7 +177,7 @@ def test_the_airbench_presets_use_every_ingredient(name: str, mflop: float, smoo
                                                    stem_bias_epochs: int) -> None:
     model, train = PRESETS[name].model, PRESETS[name].train
     assert (model.stem, model.init, model.bn_scale, model.activation) == ("whiten", "dirac", False, "gelu")
-    assert model.logit_scale == pytest.approx(1 / 9)
+    assert model.logit_scale == pytest.approx(1 / 9) and model.bn_momentum == 0.4
     assert train.weight_averaging and train.tta_flip and train.bias_lr_scale == 64
     assert train.label_smoothing == smoothing
     assert train.stem_bias_epochs == stem_bias_epochs
