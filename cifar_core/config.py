@@ -267,9 +267,9 @@ class Preset:
 AIRBENCH_LR, AIRBENCH_WEIGHT_DECAY, AIRBENCH_MOMENTUM = 11.5, 0.0153, 0.85
 AIRBENCH_STEP_SCALE = 1024 * (1 + 1 / (1 - AIRBENCH_MOMENTUM))
 # airbench's batch norm statistics follow the batches fast (its 0.6 is 1 - m in PyTorch's terms).
-# At a high learning rate PyTorch's 0.1 lags the weights: in two `quick` runs the second epoch's
-# validation accuracy was 9 and 32 points below that of the same weights with these statistics
-# (benchmarks/RESULTS.md).
+# At a high learning rate PyTorch's 0.1 lags the weights: in `fast`'s seed-0 run it put the
+# validation accuracy of epochs 3 and 4 at 60% and 58%, against 68% and 71% for the same
+# weights with 0.4 (benchmarks/RESULTS.md).
 AIRBENCH_BN_MOMENTUM = 0.4
 RECIPE_BATCH = 256
 
@@ -282,13 +282,12 @@ def airbench_recipe(filters: tuple[int, int, int], epochs: int, label_smoothing:
     batch norm with a fixed scale and fast statistics, GELU, global max pooling into logits
     scaled by 1/9; Nesterov SGD on a one-cycle schedule with batch norm's shifts learning 64
     times faster, 2-pixel translation and flips, weight averaging and mirror-averaged
-    predictions.
-    benchmarks/RESULTS.md has what each ingredient gave."""
+    predictions. benchmarks/RESULTS.md has what each ingredient gave."""
     model = ModelConfig(stem="whiten", conv_filters=filters, convs_per_block=2, padding="same",
                         batch_norm=True, bn_scale=False, bn_momentum=AIRBENCH_BN_MOMENTUM,
                         activation="gelu", pool_first=True, conv_dropout=(0.0, 0.0, 0.0),
-                        head="global_max", dense_units=(),
-                        dense_dropout=(), init="dirac", standardize_input=True, logit_scale=1 / 9)
+                        head="global_max", dense_units=(), dense_dropout=(), init="dirac",
+                        standardize_input=True, logit_scale=1 / 9)
     lr = round(AIRBENCH_LR * RECIPE_BATCH / AIRBENCH_STEP_SCALE, 6)
     weight_decay = round(AIRBENCH_WEIGHT_DECAY / AIRBENCH_LR, 6)
     train = TrainConfig(optimizer="sgd", lr=lr, momentum=AIRBENCH_MOMENTUM, weight_decay=weight_decay,
