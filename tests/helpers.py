@@ -1,5 +1,5 @@
-"""Small helpers several test modules share: encoding test images, reading plotly data, a
-hostile pickle payload."""
+"""Small helpers several test modules share: encoding test images, reading plotly data and
+the Evaluate page's gallery, a hostile pickle payload."""
 
 from __future__ import annotations
 
@@ -32,6 +32,14 @@ def array(value: object) -> np.ndarray:
         shape = value.get("shape")
         return flat.reshape([int(n) for n in str(shape).split(",")]) if shape else flat
     return np.asarray(value)
+
+
+def gallery_captions(at: object) -> list[str]:
+    """The captions of the Evaluate page's gallery: one image element (it fails otherwise)
+    holding every picture."""
+    images = at.get("image")
+    assert len(images) == 1, f"the gallery is one element, not {len(images)}"
+    return [picture.caption for picture in images[0].proto.imgs]
 
 
 class WritesMarker:
