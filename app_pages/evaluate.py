@@ -16,6 +16,7 @@ from app_figures import (
     png,
 )
 from cifar_core.compare import config_diff, curves_frame, leaderboard
+from cifar_core.config import IMAGE_SIDE
 from cifar_core.evaluation import Evaluation, matrix_accuracy
 from cifar_core.formatting import MISSING, format_images, format_percent, format_setting
 from cifar_core.runs import Run, RunError
@@ -194,7 +195,7 @@ def draw_mistakes(result: Evaluation, images: np.ndarray) -> None:
     # One element for the whole gallery, its pictures wrapping in rows: a column and an image
     # element per picture cost a message each, most of this section's server time.
     st.image([png(images[row["index"]], scale=GALLERY_SCALE) for row in rows], output_format="PNG",
-             width=32 * GALLERY_SCALE, caption=[f"{row['true']} → {row['predicted']} "
+             width=IMAGE_SIDE * GALLERY_SCALE, caption=[f"{row['true']} → {row['predicted']} "
                                                 f"({format_percent(row['confidence'], 0)})" for row in rows])
 
 

@@ -34,12 +34,12 @@ def array(value: object) -> np.ndarray:
     return np.asarray(value)
 
 
-def gallery_captions(at: object) -> list[str]:
-    """The captions of the Evaluate page's gallery: one image element (it fails otherwise)
-    holding every picture."""
+def gallery_pictures(at: object) -> list:
+    """The pictures (each with its ``url`` and ``caption``) of the Evaluate page's gallery:
+    one image element (it fails otherwise) holding every picture."""
     images = at.get("image")
     assert len(images) == 1, f"the gallery is one element, not {len(images)}"
-    return [picture.caption for picture in images[0].proto.imgs]
+    return list(images[0].proto.imgs)
 
 
 class WritesMarker:

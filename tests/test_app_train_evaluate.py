@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import array, gallery_captions
+from helpers import array, gallery_pictures
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -167,7 +167,7 @@ def test_evaluate_page_normalises_switches_split_and_filters_mistakes(trained_ru
     assert wrong[worst] > 0, "a network trained for one epoch makes mistakes"
     name = report["class"][worst]
     at.selectbox(key="evaluate.true").set_value(name).run()
-    gallery = gallery_captions(at)
+    gallery = [picture.caption for picture in gallery_pictures(at)]
     assert len(gallery) == min(24, wrong[worst])
     assert all(caption.startswith(f"{name} → ") for caption in gallery)
 
@@ -178,7 +178,7 @@ def test_a_second_visitor_gets_the_gallery_pictures_without_encoding_them(
         at = open_page("app_pages/evaluate.py")
         at.selectbox(key="evaluate.run").set_value(str(trained_run)).run()
         assert not at.exception, [e.message for e in at.exception]
-        return [picture.url for image in at.image for picture in image.proto.imgs]
+        return [picture.url for picture in gallery_pictures(at)]
 
     first = gallery()
     encoded = []

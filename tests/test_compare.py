@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import array, gallery_captions
+from helpers import array, gallery_pictures
 from streamlit.testing.v1 import AppTest
 
 from cifar_core.compare import config_diff, curves_frame, leaderboard
@@ -181,7 +181,7 @@ def test_evaluate_page_shows_the_images_of_a_chosen_cell(evaluate_page: AppTest)
     at.selectbox(key="evaluate.true").set_value(name)
     at.selectbox(key="evaluate.predicted").set_value(name).run()
     assert not at.exception, [e.message for e in at.exception]
-    captions = gallery_captions(at)
+    captions = [picture.caption for picture in gallery_pictures(at)]
     assert len(captions) == min(24, counts[diagonal, diagonal]) > 0
     assert all(c.startswith(f"{name} → {name} (") for c in captions)
     confidences = [int(c.rsplit("(", 1)[1].rstrip("%)")) for c in captions]
