@@ -24,6 +24,11 @@ from cifar_core.runs import Run, RunError
 SPLITS = {"val": "Validation", "test": "Test"}
 EVALUABLE = ("finished", "stopped", "interrupted")
 GALLERY_SCALE = 4  # 128-pixel pictures: room under each for its caption
+# What the page shows under the confusion matrix, one at a time: each of the other two is a
+# table or several charts that every view would otherwise build on the server and draw in
+# the browser (benchmarks/RESULTS.md).
+MISTAKES = "Most confident mistakes"
+SECTIONS = (MISTAKES, "Per class", "Through training")
 
 HELP_SPLIT = (
     "**Validation** images (20% of the training set, never trained on) chose the best epoch "
@@ -91,6 +96,7 @@ def pick_cell(classes: tuple[str, ...]) -> None:
     if points and points[0].get("x") in classes and points[0].get("y") in classes:
         st.session_state["evaluate.true"] = points[0]["y"]
         st.session_state["evaluate.predicted"] = points[0]["x"]
+        st.session_state["evaluate.section"] = MISTAKES
 
 
 def draw_confusion(result: Evaluation, split: str) -> None:
@@ -109,7 +115,6 @@ def draw_confusion(result: Evaluation, split: str) -> None:
 
 def draw_epochs(run: Run, classes: tuple[str, ...]) -> None:
     """The validation confusion matrix after each epoch, what changed, and accuracy per epoch."""
-    st.subheader("The confusion matrix through training")
     matrices = run.val_confusions()
     if matrices is None or matrices.ndim != 3 or len(matrices) == 0:
         st.info("This run has no confusion matrices per epoch (runs trained before they were "
@@ -154,7 +159,6 @@ def draw_epochs(run: Run, classes: tuple[str, ...]) -> None:
 
 
 def draw_per_class(result: Evaluation) -> None:
-    st.subheader("Per class")
     report = result.per_class()
     left, right = st.columns([2, 3])
     left.dataframe(report, hide_index=True, width="stretch", key="evaluate.per_class", column_config={
@@ -166,8 +170,10 @@ def draw_per_class(result: Evaluation) -> None:
     st.caption(HELP_PER_CLASS)
 
 
-def draw_mistakes(result: Evaluation, images: np.ndarray) -> None:
-    st.subheader("Most confident mistakes")
+def draw_mistakes(result: Evaluation, images: np.ndarray | None) -> None:
+    if images is None:
+        app_state.draw_data_missing("The gallery of mistakes")
+        return
     st.caption(HELP_MISTAKES)
     names = ["any", *result.classes]
     a, b, c = st.columns(3)
@@ -290,14 +296,17 @@ def draw_one_run() -> None:
                    "are not on this server yet.")
     draw_accuracy(result, run, split)
     draw_confusion(result, split)
-    images = app_state.images_for(result, split, data)
-    if images is None:
-        st.subheader("Most confident mistakes")
-        app_state.draw_data_missing("The gallery of mistakes")
-    else:
-        draw_mistakes(result, images)  # right under the matrix whose cells pick them
-    draw_per_class(result)
-    draw_epochs(run, result.classes)
+    # The mistakes come first, right under the matrix whose cells pick them.
+    mistakes, per_class, epochs = st.tabs(SECTIONS, key="evaluate.section", on_change="rerun")
+    if mistakes.open:
+        with mistakes:
+            draw_mistakes(result, app_state.images_for(result, split, data))
+    if per_class.open:
+        with per_class:
+            draw_per_class(result)
+    if epochs.open:
+        with epochs:
+            draw_epochs(run, result.classes)
 
 
 st.title("Evaluate")

@@ -155,6 +155,12 @@ def test_evaluate_page_normalises_switches_split_and_filters_mistakes(trained_ru
     counts_on = array(figures(at)["evaluate.confusion"]["data"][0]["z"])
     assert counts_on.shape == (10, 10) and counts_on.sum() == 100
 
+    # Under the matrix one section is drawn at a time, the gallery of mistakes first.
+    assert len(gallery_pictures(at)) == 24
+    assert not at.dataframe and "evaluate.per_class_bars" not in figures(at)
+    at.session_state["evaluate.section"] = "Per class"
+    at.run()
+    assert not at.get("image")
     report = at.dataframe[0].value
     assert list(report.columns) == ["class", "precision", "recall", "f1", "support"]
     assert report["support"].sum() == 100
@@ -162,6 +168,8 @@ def test_evaluate_page_normalises_switches_split_and_filters_mistakes(trained_ru
     assert [trace["name"] for trace in bars] == ["precision", "recall", "f1"]
 
     # The gallery, filtered to the true class with the most mistakes, shows exactly those.
+    at.session_state["evaluate.section"] = "Most confident mistakes"
+    at.run()
     wrong = counts_on.sum(axis=1) - np.diag(counts_on)
     worst = int(np.argmax(wrong))
     assert wrong[worst] > 0, "a network trained for one epoch makes mistakes"

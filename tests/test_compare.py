@@ -147,7 +147,10 @@ def evaluate_page(runs_root: Path, cifar_env: Path, monkeypatch: pytest.MonkeyPa
 def test_evaluate_page_epoch_slider_shows_each_epochs_matrix_and_its_change(
         evaluate_page: AppTest, runs_root: Path) -> None:
     at = evaluate_page
-    at.selectbox(key="evaluate.run").set_value(str(runs_root / "a-baseline")).run()
+    at.selectbox(key="evaluate.run").set_value(str(runs_root / "a-baseline"))
+    assert "evaluate.epoch_confusion" not in figures(at), "drawn only when its section is open"
+    at.session_state["evaluate.section"] = "Through training"
+    at.run()
     matrices = load_run(runs_root / "a-baseline").val_confusions()
     slider = at.slider(key="evaluate.epoch")
     assert (slider.min, slider.max, slider.value) == (1, 3, 3)
