@@ -167,8 +167,16 @@ def test_dataset_page_installs_an_uploaded_archive(tmp_path: Path,
 def test_model_page_counts_parameters_and_follows_the_widgets(cifar_env: Path) -> None:
     at = open_page("app_pages/model.py")
     assert metric(at, "Total params") == "167,818"
-    assert "Total params: 167,818" in at.code[0].value
     assert len(at.dataframe[0].value) == 13
+    # One view of the network at a time: the summary and the diagram are built when opened.
+    assert not at.code and not at.get("graphviz_chart")
+    at.session_state["model.view"] = "Keras-style summary"
+    at.run()
+    assert "Total params: 167,818" in at.code[0].value and not at.dataframe
+    at.session_state["model.view"] = "Diagram"
+    at.run()
+    assert "conv1" in at.get("graphviz_chart")[0].proto.spec
+    at.session_state["model.view"] = "Layer table"
 
     at.toggle(key="model.batch_norm").set_value(True).run()
     assert_ok(at)
@@ -212,6 +220,9 @@ def test_model_page_shows_first_layer_filters_of_a_run(cifar_env: Path, trained_
                                                        no_bundled_models: None) -> None:
     monkeypatch.setenv("CIFAR_RUNS_DIR", str(trained_runs_dir))
     at = open_page("app_pages/model.py")
+    assert not at.image, "the filters are read when their panel is opened"
+    at.session_state["model.filters_open"] = True
+    at.run()
     assert "tiny-baseline" in at.selectbox(key="model.filters_run").value
     # 32 first-layer filters, 16 to a row.
     assert len(at.image) == 2
