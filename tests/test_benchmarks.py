@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -100,3 +103,20 @@ def test_speed_benchmark_times_the_textbook_loop(cifar_root: Path) -> None:
     data = load_cifar10(cifar_root, download=False)
     # Batches of 64: the fixture's 400 training images hold the 5 warm-up steps and one more.
     assert benchmark("speed").naive_steps("baseline", data.x_train, data.y_train, 1, torch.device("cpu")) > 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+def test_browser_cpu_benchmark_counts_only_the_processes_it_started() -> None:
+    browser_cpu = benchmark("browser_cpu")
+    shell = subprocess.Popen(["bash", "-c", "sleep 30 & wait"])
+    try:
+        deadline = time.monotonic() + 10
+        while len(found := [p for p in browser_cpu.descendants(os.getpid()) if p != shell.pid]) < 1:
+            assert time.monotonic() < deadline, "the shell's child never showed"
+            time.sleep(0.05)
+        assert shell.pid in browser_cpu.descendants(os.getpid())
+        assert Path(f"/proc/{found[0]}/comm").read_text().strip() == "sleep"  # a grandchild
+        assert browser_cpu.chromium_cpu_seconds() == 0.0  # no Chromium of its own yet
+    finally:
+        shell.kill()
+        shell.wait()
