@@ -124,11 +124,12 @@ def draw_image_grid(data: CifarData) -> None:
         st.session_state["dataset.grid_seed"] = st.session_state.get("dataset.grid_seed", 0) + 1
     seed = st.session_state.setdefault("dataset.grid_seed", 0)
     images, labels = data.split(split)
-    for name, index in zip(data.classes, stats.pick_per_class(labels, per_class, seed), strict=False):
-        label, row = st.columns([1, 9], vertical_alignment="center")
-        label.markdown(f"**{name}**")
-        if len(index):
-            row.image(figures.png(figures.image_row(images[index], scale=3)), output_format="PNG")
+    with st.container(key="dataset.grid"):
+        for name, index in zip(data.classes, stats.pick_per_class(labels, per_class, seed), strict=False):
+            label, row = st.columns([1, 9], vertical_alignment="center")
+            label.markdown(f"**{name}**")
+            if len(index):
+                row.image(figures.png(figures.image_row(images[index], scale=3)), output_format="PNG")
     st.caption("Enlarged by repeating pixels rather than smoothing them, so you see what the "
                "network sees: 32 × 32 pixels.")
 
@@ -236,7 +237,7 @@ WORKS_WITHOUT_DATA = """
 
 Training, this page's pictures, random test images and the mistakes gallery need CIFAR-10.
 """
-SECTIONS = ["Classes", "Images", "Pixel statistics", "Augmentation", "Channel-order mistake"]
+SECTIONS = ["Images", "Classes", "Pixel statistics", "Augmentation", "Channel-order mistake"]
 DRAW_SECTION = {"Classes": draw_class_counts, "Images": draw_image_grid,
                 "Pixel statistics": draw_pixel_statistics, "Augmentation": draw_augmentation,
                 "Channel-order mistake": draw_channel_order}

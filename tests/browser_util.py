@@ -135,7 +135,7 @@ class AppPage:
         # Elements with a key carry the class st-key-<key> ('.' becomes '-'): unique to their page.
         if name == "Dataset":
             return [page.locator('[data-testid="stMetric"]', has_text="Training images"),
-                    page.locator(".st-key-dataset-class_counts .main-svg")]
+                    page.locator(".st-key-dataset-grid img")]
         if name == "Model":
             return [page.locator('[data-testid="stMetric"]', has_text="Total params"),
                     page.locator('[data-testid="stDataFrame"]')]

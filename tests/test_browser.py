@@ -221,11 +221,11 @@ def run_tour(app: AppPage, tour: Tour, data_dir: Path) -> None:
     page = app.page
     idle: dict[str, float] = {"first load (Dataset)": app.open()}
     app.assert_clean()
+    shoot(app, tour, "dataset")  # it opens on the images, one row per class
     if not tour.docs:
-        shoot(app, tour, "dataset")
-    page.get_by_role("tab", name="Images").click()
-    page.locator('[role="tabpanel"] [data-testid="stImage"] img').first.wait_for()
-    shoot(app, tour, "dataset-images" if not tour.docs else "dataset")
+        page.get_by_role("tab", name="Classes").click()
+        page.locator(".st-key-dataset-class_counts .main-svg").first.wait_for()
+        shoot(app, tour, "dataset-classes")
 
     idle["Model"] = app.goto("Model")
     app.assert_clean()
