@@ -247,6 +247,26 @@ def draw_download_progress() -> None:
         st.error(f"The download failed: {status.error}")
 
 
+# --- parts drawn only when open ---------------------------------------------------------------
+
+def open_tab_only(key: str, tabs: dict[str, Callable[[], None]]) -> None:
+    """Tabs named by ``tabs``'s keys, of which only the open one is drawn (its function
+    called): the others cost the server and the visitor's browser nothing until opened.
+    Setting ``st.session_state[key]`` to a name opens that tab."""
+    for tab, draw in zip(st.tabs(list(tabs), key=key, on_change="rerun"), tabs.values(), strict=True):
+        if tab.open:
+            with tab:
+                draw()
+
+
+def panel_drawn_when_open(label: str, key: str, icon: str, draw: Callable[[], None]) -> None:
+    """A collapsed expander whose content is drawn only while a visitor has it open."""
+    panel = st.expander(label, icon=icon, key=key, on_change="rerun")
+    if panel.open:
+        with panel:
+            draw()
+
+
 def get_config() -> tuple[str, ModelConfig, TrainConfig]:
     """This session's (preset name, model config, train config); the baseline at first."""
     if "config" not in st.session_state:

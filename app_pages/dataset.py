@@ -237,10 +237,6 @@ WORKS_WITHOUT_DATA = """
 
 Training, this page's pictures, random test images and the mistakes gallery need CIFAR-10.
 """
-SECTIONS = ["Images", "Classes", "Pixel statistics", "Augmentation", "Channel-order mistake"]
-DRAW_SECTION = {"Classes": draw_class_counts, "Images": draw_image_grid,
-                "Pixel statistics": draw_pixel_statistics, "Augmentation": draw_augmentation,
-                "Channel-order mistake": draw_channel_order}
 
 
 def draw_without_data(error: DataError | None) -> None:
@@ -266,8 +262,8 @@ else:
         draw_data_panel()
     draw_overview(data)
     # Only the open tab is drawn: all five together sent 26 pictures (1.9 MB) every view.
-    for name, tab in zip(SECTIONS, st.tabs(SECTIONS, key="dataset.section", on_change="rerun"),
-                         strict=True):
-        if tab.open:
-            with tab:
-                DRAW_SECTION[name](data)
+    app_state.open_tab_only("dataset.section", {
+        "Images": lambda: draw_image_grid(data), "Classes": lambda: draw_class_counts(data),
+        "Pixel statistics": lambda: draw_pixel_statistics(data),
+        "Augmentation": lambda: draw_augmentation(data),
+        "Channel-order mistake": lambda: draw_channel_order(data)})

@@ -24,11 +24,7 @@ from cifar_core.runs import Run, RunError
 SPLITS = {"val": "Validation", "test": "Test"}
 EVALUABLE = ("finished", "stopped", "interrupted")
 GALLERY_SCALE = 4  # 128-pixel pictures: room under each for its caption
-# What the page shows under the confusion matrix, one at a time: each of the other two is a
-# table or several charts that every view would otherwise build on the server and draw in
-# the browser (benchmarks/RESULTS.md).
-MISTAKES = "Most confident mistakes"
-SECTIONS = (MISTAKES, "Per class", "Through training")
+MISTAKES = "Most confident mistakes"  # the first section under the confusion matrix
 
 HELP_SPLIT = (
     "**Validation** images (20% of the training set, never trained on) chose the best epoch "
@@ -296,27 +292,17 @@ def draw_one_run() -> None:
                    "are not on this server yet.")
     draw_accuracy(result, run, split)
     draw_confusion(result, split)
-    # The mistakes come first, right under the matrix whose cells pick them.
-    mistakes, per_class, epochs = st.tabs(SECTIONS, key="evaluate.section", on_change="rerun")
-    if mistakes.open:
-        with mistakes:
-            draw_mistakes(result, app_state.images_for(result, split, data))
-    if per_class.open:
-        with per_class:
-            draw_per_class(result)
-    if epochs.open:
-        with epochs:
-            draw_epochs(run, result.classes)
+    # One section at a time: each of the other two is a table or several charts that every
+    # view would otherwise build and the browser draw (benchmarks/RESULTS.md). The mistakes
+    # come first, right under the matrix whose cells pick them.
+    app_state.open_tab_only("evaluate.section", {
+        MISTAKES: lambda: draw_mistakes(result, app_state.images_for(result, split, data)),
+        "Per class": lambda: draw_per_class(result),
+        "Through training": lambda: draw_epochs(run, result.classes)})
 
 
 st.title("Evaluate")
 st.caption("How well a trained network does on images it never learned from: overall, class by "
            "class, and the mistakes it is surest about; and how runs compare.")
 # Only the open tab is drawn (the comparison reads every run folder).
-tab_run, tab_compare = st.tabs(["One run", "Compare runs"], key="evaluate.view", on_change="rerun")
-if tab_run.open:
-    with tab_run:
-        draw_one_run()
-if tab_compare.open:
-    with tab_compare:
-        draw_comparison()
+app_state.open_tab_only("evaluate.view", {"One run": draw_one_run, "Compare runs": draw_comparison})

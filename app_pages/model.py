@@ -366,22 +366,17 @@ def draw_network(preset: str, model: ModelConfig) -> None:
                    help="Approximately how many million arithmetic operations (FLOPs) it takes "
                         "to train on one image once: forward pass, backward pass and update.")
     # Only the open view is drawn: the diagram alone brings the browser a graph-layout library.
-    tab_table, tab_diagram, tab_summary = st.tabs(["Layer table", "Diagram", "Keras-style summary"],
-                                                  key="model.view", on_change="rerun")
-    if tab_table.open:
-        with tab_table:
-            # Tall enough for every row: a scrolling layer table hides the end of the network.
-            st.dataframe(table, hide_index=True, key="model.layer_table", height=35 * (len(table) + 1) + 3,
-                         column_config={
-                "params": st.column_config.NumberColumn(format="localized")})
-            st.caption("Output shapes are height × width × channels for one image, measured by "
-                       "running a blank image through the real network.")
-    if tab_diagram.open:
-        with tab_diagram:
-            st.graphviz_chart(dot)
-    if tab_summary.open:
-        with tab_summary:
-            st.code(text, language=None)
+    app_state.open_tab_only("model.view", {"Layer table": lambda: draw_layer_table(table),
+                                           "Diagram": lambda: st.graphviz_chart(dot),
+                                           "Keras-style summary": lambda: st.code(text, language=None)})
+
+
+def draw_layer_table(table: pd.DataFrame) -> None:
+    # Tall enough for every row: a scrolling layer table hides the end of the network.
+    st.dataframe(table, hide_index=True, key="model.layer_table", height=35 * (len(table) + 1) + 3,
+                 column_config={"params": st.column_config.NumberColumn(format="localized")})
+    st.caption("Output shapes are height × width × channels for one image, measured by "
+               "running a blank image through the real network.")
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -468,8 +463,6 @@ if model_cfg is not None and train_cfg is not None:
                 st.warning(f"{err}; training would fail. Choose auto or cpu.")
         draw_network(preset_name, model_cfg)
 
-filters = st.expander("What a trained network learned: first-layer filters", icon=":material/filter:",
-                      key="model.filters_open", on_change="rerun")
-if filters.open:  # reads a run's weights: only for a visitor who asks
-    with filters:
-        draw_filters()
+# The filters are read from a run's weights: only for a visitor who asks.
+app_state.panel_drawn_when_open("What a trained network learned: first-layer filters", "model.filters_open",
+                                ":material/filter:", draw_filters)

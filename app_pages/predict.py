@@ -177,16 +177,11 @@ def draw_looking_inside(model: torch.nn.Module, items: list[tuple[Prediction, st
     choice = st.selectbox("Image", range(len(items)), key="predict.explain_image",
                           format_func=names.__getitem__, help="Which of the pictures above to look into.")
     prediction, true = items[min(choice, len(items) - 1)]
-    looked = st.expander("Where the model looked (Grad-CAM)", icon=":material/visibility:",
-                         key="predict.explain_open", on_change="rerun")
-    if looked.open:
-        with looked:
-            draw_explanation(model, prediction, true, classes)
-    layers = st.expander("What each convolution layer saw (feature maps)", icon=":material/layers:",
-                         key="predict.features_open", on_change="rerun")
-    if layers.open:
-        with layers:
-            draw_feature_maps(model, prediction)
+    app_state.panel_drawn_when_open("Where the model looked (Grad-CAM)", "predict.explain_open",
+                                    ":material/visibility:",
+                                    lambda: draw_explanation(model, prediction, true, classes))
+    app_state.panel_drawn_when_open("What each convolution layer saw (feature maps)", "predict.features_open",
+                                    ":material/layers:", lambda: draw_feature_maps(model, prediction))
 
 
 def draw_explanation(model: torch.nn.Module, prediction: Prediction, true: str | None,
