@@ -113,8 +113,8 @@ def draw_epochs(run: Run, classes: tuple[str, ...]) -> None:
     """The validation confusion matrix after each epoch, what changed, and accuracy per epoch."""
     matrices = run.val_confusions()
     if matrices is None or matrices.ndim != 3 or len(matrices) == 0:
-        st.info("This run has no confusion matrices per epoch (runs trained before they were "
-                "recorded, and the bundled models, only have the final one).")
+        st.info("This run has no confusion matrices per epoch: it was trained before they were "
+                "recorded, or its file of them is missing. Its final matrix is above.")
         return
     epochs = len(matrices)
     best = run.metrics.best_epoch or None
