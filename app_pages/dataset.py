@@ -126,7 +126,7 @@ def draw_image_grid(data: CifarData) -> None:
     images, labels = data.split(split)
     with st.container(key="dataset.grid"):
         for name, index in zip(data.classes, stats.pick_per_class(labels, per_class, seed), strict=False):
-            label, row = st.columns([1, 9], vertical_alignment="center")
+            label, row = st.columns([3, 17], vertical_alignment="center")  # room for "automobile"
             label.markdown(f"**{name}**")
             if len(index):
                 row.image(figures.png(figures.image_row(images[index], scale=3)), output_format="PNG")

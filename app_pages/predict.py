@@ -14,6 +14,8 @@ import app_state
 from cifar_core.explain import feature_maps, gradcam, saliency
 from cifar_core.formatting import format_percent
 from cifar_core.inference import (
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
     ImageError,
     Prediction,
     decode_image,
@@ -118,7 +120,11 @@ def draw_uploads(model: torch.nn.Module, classes: tuple[str, ...], tta_flip: boo
     """Classify the uploads; returns (prediction, None) for each readable one."""
     files = st.file_uploader(
         "Pictures to classify", type=IMAGE_TYPES, accept_multiple_files=True, key="predict.files",
-        help="PNG, JPEG, WebP, BMP or GIF (first frame), up to 20 MB and 40 megapixels each.")
+        # The browser itself refuses a larger file, so it never takes the server's memory (the
+        # server's own limit is the Dataset page's archive, 200 MB).
+        max_upload_size=MAX_FILE_BYTES >> 20,
+        help=f"PNG, JPEG, WebP, BMP or GIF (first frame), up to {MAX_FILE_BYTES >> 20} MB and "
+             f"{MAX_PIXELS // 1_000_000} megapixels each.")
     if not files:
         st.caption(
             "Each picture is cut to a centred square and shrunk to 32×32 pixels, like a CIFAR-10 "

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 import app_state
 from cifar_core.config import PRESETS, ModelConfig, TrainConfig
 from cifar_core.data import load_cifar10
-from cifar_core.inference import predict_files
+from cifar_core.inference import MAX_FILE_BYTES, predict_files
 from cifar_core.model import build_model, count_parameters
 from cifar_core.pipeline import train_run
 from cifar_core.runs import load_run
@@ -243,6 +243,8 @@ def test_predict_page_classifies_uploads_and_reports_bad_files(
         no_bundled_models: None) -> None:
     monkeypatch.setenv("CIFAR_RUNS_DIR", str(trained_runs_dir))
     at = open_page("app_pages/predict.py")
+    # The browser refuses files over the decoder's limit before they reach the server.
+    assert at.file_uploader(key="predict.files").proto.max_upload_size_mb == MAX_FILE_BYTES >> 20 == 20
     red, blue = png_bytes((220, 30, 30)), png_bytes((20, 40, 200), size=(30, 90))
     at.file_uploader(key="predict.files").set_value([
         ("red.png", red, "image/png"),
