@@ -249,7 +249,7 @@ def draw_download_progress() -> None:
 
 # --- parts drawn only when open ---------------------------------------------------------------
 
-def open_tab_only(key: str, tabs: dict[str, Callable[[], None]]) -> None:
+def tabs_drawn_when_open(key: str, tabs: dict[str, Callable[[], None]]) -> None:
     """Tabs named by ``tabs``'s keys, of which only the open one is drawn (its function
     called): the others cost the server and the visitor's browser nothing until opened.
     Setting ``st.session_state[key]`` to a name opens that tab."""

@@ -262,7 +262,7 @@ else:
         draw_data_panel()
     draw_overview(data)
     # Only the open tab is drawn: all five together sent 26 pictures (1.9 MB) every view.
-    app_state.open_tab_only("dataset.section", {
+    app_state.tabs_drawn_when_open("dataset.section", {
         "Images": lambda: draw_image_grid(data), "Classes": lambda: draw_class_counts(data),
         "Pixel statistics": lambda: draw_pixel_statistics(data),
         "Augmentation": lambda: draw_augmentation(data),

@@ -295,7 +295,7 @@ def draw_one_run() -> None:
     # One section at a time: each of the other two is a table or several charts that every
     # view would otherwise build and the browser draw (benchmarks/RESULTS.md). The mistakes
     # come first, right under the matrix whose cells pick them.
-    app_state.open_tab_only("evaluate.section", {
+    app_state.tabs_drawn_when_open("evaluate.section", {
         MISTAKES: lambda: draw_mistakes(result, app_state.images_for(result, split, data)),
         "Per class": lambda: draw_per_class(result),
         "Through training": lambda: draw_epochs(run, result.classes)})
@@ -305,4 +305,4 @@ st.title("Evaluate")
 st.caption("How well a trained network does on images it never learned from: overall, class by "
            "class, and the mistakes it is surest about; and how runs compare.")
 # Only the open tab is drawn (the comparison reads every run folder).
-app_state.open_tab_only("evaluate.view", {"One run": draw_one_run, "Compare runs": draw_comparison})
+app_state.tabs_drawn_when_open("evaluate.view", {"One run": draw_one_run, "Compare runs": draw_comparison})

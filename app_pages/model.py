@@ -366,9 +366,9 @@ def draw_network(preset: str, model: ModelConfig) -> None:
                    help="Approximately how many million arithmetic operations (FLOPs) it takes "
                         "to train on one image once: forward pass, backward pass and update.")
     # Only the open view is drawn: the diagram alone brings the browser a graph-layout library.
-    app_state.open_tab_only("model.view", {"Layer table": lambda: draw_layer_table(table),
-                                           "Diagram": lambda: st.graphviz_chart(dot),
-                                           "Keras-style summary": lambda: st.code(text, language=None)})
+    app_state.tabs_drawn_when_open("model.view", {
+        "Layer table": lambda: draw_layer_table(table), "Diagram": lambda: st.graphviz_chart(dot),
+        "Keras-style summary": lambda: st.code(text, language=None)})
 
 
 def draw_layer_table(table: pd.DataFrame) -> None:
