@@ -347,7 +347,7 @@ def evaluation(run: Run, split: str, data: CifarData | None) -> Evaluation | Non
     def compute(report: ProgressFn) -> Evaluation:
         cfg = run.train_config
         return evaluate(load_model(run), images, labels, data.classes, precision=cfg.precision,
-                        tta_flip=cfg.tta_flip, progress=report)
+                        tta=cfg.tta, progress=report)
 
     result = store.get_or_compute(key, compute, on_progress=progress)
     bar.empty()

@@ -11,6 +11,7 @@ import torch
 
 import app_figures as figures
 import app_state
+from cifar_core.config import TTA
 from cifar_core.explain import feature_maps, gradcam, saliency
 from cifar_core.formatting import format_percent
 from cifar_core.inference import (
@@ -115,7 +116,7 @@ def draw_picture(picture: Picture, prediction: Prediction | None, top_k: int, in
                             key=f"predict.top_k.{index}")
 
 
-def draw_uploads(model: torch.nn.Module, classes: tuple[str, ...], tta_flip: bool,
+def draw_uploads(model: torch.nn.Module, classes: tuple[str, ...], tta: TTA,
                 top_k: int) -> list[tuple[Prediction, str | None]]:
     """Classify the uploads; returns (prediction, None) for each readable one."""
     files = st.file_uploader(
@@ -133,14 +134,14 @@ def draw_uploads(model: torch.nn.Module, classes: tuple[str, ...], tta_flip: boo
         return []
     pictures = [read_picture(f.name, f.getvalue()) for f in files]
     predictions = predict_readable(model, [p.pixels for p in pictures], [p.name for p in pictures],
-                                   classes, tta_flip)
+                                   classes, tta)
     for index, (picture, prediction) in enumerate(zip(pictures, predictions, strict=True)):
         draw_picture(picture, prediction, top_k, index)
     return [(p, None) for p in predictions if p is not None]
 
 
 def draw_test_images(model: torch.nn.Module, classes: tuple[str, ...],
-                     tta_flip: bool) -> list[tuple[Prediction, str | None]]:
+                     tta: TTA) -> list[tuple[Prediction, str | None]]:
     """Classify random test images; returns (prediction, true class) for each."""
     data = app_state.get_data("Random test images")
     if data is None:
@@ -152,7 +153,7 @@ def draw_test_images(model: torch.nn.Module, classes: tuple[str, ...],
     rng = np.random.default_rng(st.session_state.setdefault("predict.seed", 0))
     index = rng.choice(len(data.y_test), size=min(n, len(data.y_test)), replace=False)
     predictions = predict_pixels(model, data.x_test[index], classes,
-                                 [f"test image {i}" for i in index], tta_flip)
+                                 [f"test image {i}" for i in index], tta)
     truth = [data.classes[i] for i in data.y_test[index]]
     correct = sum(p.label == t for p, t in zip(predictions, truth, strict=True))
     st.markdown(f"**{correct} of {len(index)} correct** on images the model never trained on.")
@@ -260,8 +261,8 @@ if chosen is not None:
     if mode == "Upload your own":
         top_k = right.slider("Classes to show", 1, len(classes), 5, key="predict.top_k",
                              help="How many of the most likely classes each chart lists.")
-        shown = draw_uploads(model, classes, run.train_config.tta_flip, top_k)
+        shown = draw_uploads(model, classes, run.train_config.tta, top_k)
     else:
-        shown = draw_test_images(model, classes, run.train_config.tta_flip)
+        shown = draw_test_images(model, classes, run.train_config.tta)
     if shown:
         draw_looking_inside(model, shown, classes)

@@ -207,7 +207,7 @@ def main() -> None:
     model = build_model(preset.model).eval()
     start = time.perf_counter()
     evaluate(model, data.x_test, data.y_test, data.classes, device.type, preset.train.precision,
-             preset.train.tta_flip)
+             preset.train.tta)
     eval_s = time.perf_counter() - start
     latency = sorted(predict_latency(model.cpu(), data.classes, data.x_test[0]))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

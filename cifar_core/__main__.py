@@ -197,7 +197,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     data = load_cifar10(args.data_dir)
     images, labels = data.split(args.split)
     result = evaluate(run.load_model(), images, labels, data.classes,
-                      precision=run.train_config.precision, tta_flip=run.train_config.tta_flip)
+                      precision=run.train_config.precision, tta=run.train_config.tta)
     if args.save_predictions:
         saved = run.save_test_predictions(result)
         print(f"saved {len(labels):,} test predictions to {saved}", file=sys.stderr)
@@ -231,7 +231,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             files.append((str(path), path.read_bytes()))
         except OSError as err:
             raise ImageError(f"{path}: {err.strerror}") from None
-    results = predict_files(run.load_model(), files, run.classes, run.train_config.tta_flip)
+    results = predict_files(run.load_model(), files, run.classes, run.train_config.tta)
     failures = [r for r in results if isinstance(r, ImageError)]
     if args.json:
         print(json.dumps([{"file": r.name, "label": r.label, "top": r.top(args.top)}

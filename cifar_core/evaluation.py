@@ -13,6 +13,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
+from .config import TTA
 from .devices import resolve_device, use_bf16
 from .model import predict_logits
 
@@ -76,24 +77,27 @@ def matrix_accuracy(matrix: np.ndarray) -> float:
     return float(np.trace(matrix) / max(matrix.sum(), 1))
 
 
-def predictions_bytes(result: Evaluation, weights_digest: str) -> bytes:
+def predictions_bytes(result: Evaluation, weights_digest: str, tta: TTA) -> bytes:
     """A split's predictions, small enough to ship beside a model: probabilities in float16
-    (10,000 x 10 is 200 KB), true and predicted classes as uint8, and the digest of the
-    weights that made them, in one compressed .npz that loads without pickle."""
+    (10,000 x 10 is 200 KB), true and predicted classes as uint8, and what made them (the
+    digest of the weights, the test-time augmentation), in one compressed .npz that loads
+    without pickle."""
     out = io.BytesIO()
     np.savez_compressed(out, probabilities=result.probabilities.astype(np.float16),
                         labels=result.labels.astype(np.uint8),
                         predicted=result.predicted.astype(np.uint8),
-                        weights_sha256=np.array(weights_digest))
+                        weights_sha256=np.array(weights_digest), tta=np.array(tta))
     return out.getvalue()
 
 
-def read_predictions(raw: bytes, classes: tuple[str, ...], weights_digest: str) -> Evaluation | None:
+def read_predictions(raw: bytes, classes: tuple[str, ...], weights_digest: str,
+                     tta: TTA) -> Evaluation | None:
     """Stored predictions as an Evaluation, or None when they are unreadable, malformed or
-    were made by other weights (a model retrained since) than those of ``weights_digest``."""
+    were made otherwise than by the weights of ``weights_digest`` (a model retrained since)
+    with the test-time augmentation ``tta``."""
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as stored:
-            if str(stored["weights_sha256"]) != weights_digest:
+            if (str(stored["weights_sha256"]), str(stored["tta"])) != (weights_digest, tta):
                 return None
             probabilities = stored["probabilities"].astype(np.float32)
             labels, predicted = stored["labels"].astype(np.int64), stored["predicted"].astype(np.int64)
@@ -108,10 +112,10 @@ def read_predictions(raw: bytes, classes: tuple[str, ...], weights_digest: str) 
 
 
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
-             device: str = "auto", precision: str = "fp32", tta_flip: bool = False,
+             device: str = "auto", precision: str = "fp32", tta: TTA = "none",
              progress: Callable[[int, int], None] | None = None) -> Evaluation:
     dev = resolve_device(device)
     model.to(dev)
-    logits = predict_logits(model, images, dev, use_bf16(precision, dev), tta_flip, progress=progress)
+    logits = predict_logits(model, images, dev, use_bf16(precision, dev), tta, progress=progress)
     probabilities = torch.softmax(logits, 1).numpy()
     return Evaluation(np.asarray(labels), probabilities.argmax(1), probabilities, tuple(classes))

@@ -10,8 +10,8 @@ check them without writing files:
   and as an annotated heatmap drawn with Pillow (no browser, no plotting library).
 - ``onnx_bytes``: the network as ONNX. Input ``images``: float32 (N, 3, 32, 32), RGB in
   [0, 1], any N; output ``logits``: (N, 10), in the run's class order (softmax gives
-  probabilities). Input standardisation, and for runs trained with ``tta_flip`` the
-  mirror average, are part of the graph, so the file gives the figures the app shows.
+  probabilities). Input standardisation, and the run's test-time augmentation (``tta``:
+  the mirror and shifted views it averages), are part of the graph, so the file gives the figures the app shows.
 
 ONNX export uses PyTorch's TorchScript-based exporter (``torch.onnx.export(...,
 dynamo=False)``), which needs the ``onnx`` package (torch imports it to finish the
@@ -37,6 +37,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from .config import TTA
+from .model import tta_logits
 from .runs import HISTORY_FILE, WEIGHTS_FILE, Run, RunError
 
 INPUT_NAME = "images"
@@ -168,17 +170,14 @@ def confusion_png(matrix: np.ndarray, classes: Sequence[str], title: str = "Conf
 # --- ONNX ------------------------------------------------------------------------------
 
 class _ForExport(nn.Module):
-    """The network as the app uses it: logits, averaged with the mirror image when asked."""
+    """The network as the app uses it: logits, averaged over the run's test-time views."""
 
-    def __init__(self, model: nn.Module, tta_flip: bool) -> None:
+    def __init__(self, model: nn.Module, tta: TTA) -> None:
         super().__init__()
-        self.model, self.tta_flip = model, tta_flip
+        self.model, self.tta = model, tta
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.model(images)
-        if self.tta_flip:
-            logits = (logits + self.model(images.flip(3))) / 2
-        return logits
+        return tta_logits(self.model, images, self.tta)
 
 
 def onnx_unavailable() -> str | None:
@@ -194,7 +193,7 @@ def dynamo_available() -> bool:
     return importlib.util.find_spec("onnxscript") is not None
 
 
-def export_onnx(model: nn.Module, *, tta_flip: bool = False, metadata: Mapping[str, str] | None = None,
+def export_onnx(model: nn.Module, *, tta: TTA = "none", metadata: Mapping[str, str] | None = None,
                 exporter: Exporter = "auto") -> bytes:
     """The model as a serialized ONNX ModelProto with a dynamic batch dimension.
 
@@ -206,7 +205,7 @@ def export_onnx(model: nn.Module, *, tta_flip: bool = False, metadata: Mapping[s
     missing = onnx_unavailable()
     if missing:
         raise ExportError(missing)
-    module = _ForExport(model, tta_flip).to("cpu").eval()
+    module = _ForExport(model, tta).to("cpu").eval()
     example = torch.rand(2, 3, 32, 32)
     with _export_lock, torch.no_grad():
         if exporter == "dynamo":
@@ -233,6 +232,9 @@ def _export_torchscript(module: nn.Module, example: torch.Tensor) -> bytes:
         # "legacy TorchScript-based ONNX export" deprecation: a choice made on purpose (module docstring).
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        # The mirror of a shifted view is a slice with step -1, which the exporter leaves to run
+        # rather than fold into a constant: nothing to act on.
+        warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
         torch.onnx.export(module, (example,), out, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                           opset_version=ONNX_OPSET, dynamo=False)
@@ -289,7 +291,7 @@ def run_metadata(run: Run) -> dict[str, str]:
         "output": "logits: float32 (N, 10) in the order of 'classes'; softmax gives probabilities",
         "source_run": run.name,
         "preset": run.preset,
-        "tta_flip": str(bool(run.train_config.tta_flip)).lower(),
+        "tta": run.train_config.tta,
     }
     if run.metrics.test_acc is not None:
         meta["test_accuracy"] = f"{run.metrics.test_acc:.4f}"
@@ -302,5 +304,5 @@ def onnx_bytes(run: Run, exporter: Exporter = "auto") -> bytes:
         model = run.load_model("cpu")
     except RunError as err:
         raise ExportError(str(err)) from None
-    return export_onnx(model, tta_flip=run.train_config.tta_flip, metadata=run_metadata(run),
+    return export_onnx(model, tta=run.train_config.tta, metadata=run_metadata(run),
                        exporter=exporter)

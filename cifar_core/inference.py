@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from .config import TTA
 from .model import predict_logits
 
 # 40 megapixels covers any phone photo; beyond it the file is refused before decoding.
@@ -103,21 +104,21 @@ class Prediction:
 
 
 def predict_pixels(model: torch.nn.Module, pixels: np.ndarray, classes: tuple[str, ...],
-                   names: list[str] | None = None, tta_flip: bool = False) -> list[Prediction]:
+                   names: list[str] | None = None, tta: TTA = "none") -> list[Prediction]:
     """Predictions for uint8 images (N, 32, 32, 3)."""
     device = next(model.parameters()).device
-    logits = predict_logits(model, pixels, device, tta_flip=tta_flip)
+    logits = predict_logits(model, pixels, device, tta=tta)
     probabilities = torch.softmax(logits, 1).numpy()
     names = names or [f"image {i + 1}" for i in range(len(pixels))]
     return [Prediction(n, px, p, classes) for n, px, p in zip(names, pixels, probabilities)]
 
 
 def predict_readable(model: torch.nn.Module, pixels: list[np.ndarray | None], names: list[str],
-                     classes: tuple[str, ...], tta_flip: bool = False) -> list[Prediction | None]:
+                     classes: tuple[str, ...], tta: TTA = "none") -> list[Prediction | None]:
     """A prediction for every image that could be read (one batch for all), None for the others."""
     good = [i for i, px in enumerate(pixels) if px is not None]
     found = predict_pixels(model, np.stack([pixels[i] for i in good]), classes,
-                           [names[i] for i in good], tta_flip) if good else []
+                           [names[i] for i in good], tta) if good else []
     results: list[Prediction | None] = [None] * len(pixels)
     for i, prediction in zip(good, found, strict=True):
         results[i] = prediction
@@ -133,9 +134,9 @@ def read_pixels(raw: bytes, name: str) -> np.ndarray | ImageError:
 
 
 def predict_files(model: torch.nn.Module, files: list[tuple[str, bytes]], classes: tuple[str, ...],
-                  tta_flip: bool = False) -> list[Prediction | ImageError]:
+                  tta: TTA = "none") -> list[Prediction | ImageError]:
     """One result per file, in order: a Prediction, or the ImageError that file raised."""
     read = [read_pixels(raw, name) for name, raw in files]
     pixels = [None if isinstance(r, ImageError) else r for r in read]
-    predictions = predict_readable(model, pixels, [name for name, _ in files], classes, tta_flip)
+    predictions = predict_readable(model, pixels, [name for name, _ in files], classes, tta)
     return [r if isinstance(r, ImageError) else p for r, p in zip(read, predictions, strict=True)]

@@ -11,7 +11,8 @@ returns logits; softmax is applied by the loss and by prediction. Input is a flo
 tensor (N, 3, 32, 32) with values in [0, 1] (``to_input`` makes it from stored uint8
 pixels); the model standardises it itself when ``standardize_input`` is set, so every
 caller preprocesses images the same way. ``predict_logits`` is the one way to run a
-trained model on stored images, for evaluation, serving and validation alike.
+trained model on stored images, for evaluation, serving and validation alike, and
+``tta_logits`` the one place where test-time augmentation averages views.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import STEM_CHANNELS, STEM_KERNEL, ModelConfig
+from .config import STEM_CHANNELS, STEM_KERNEL, TTA, ModelConfig
 from .devices import autocast
 
 # Per-channel mean and std of the CIFAR-10 training images, in [0, 1] units.
@@ -193,9 +194,26 @@ def build_model(config: ModelConfig) -> CifarCNN:
     return CifarCNN(config)
 
 
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: TTA) -> torch.Tensor:
+    """The model's float32 logits for input ``x`` (N, 3, 32, 32), averaged over the views that
+    ``tta`` names (config.TrainConfig.tta): the image and its mirror, then the mirror pairs of
+    the image shifted one pixel up-left and one down-right, its edges reflected as in training."""
+    def mirror_mean(view: torch.Tensor) -> torch.Tensor:
+        return (model(view).float() + model(view.flip(3)).float()) / 2
+
+    if tta == "none":
+        return model(x).float()
+    if tta == "flip":
+        return mirror_mean(x)
+    side = x.shape[-1]
+    padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = mirror_mean(padded[..., :side, :side]) + mirror_mean(padded[..., 2:, 2:])
+    return mirror_mean(x) / 2 + shifted / 4
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
-                   bf16: bool = False, tta_flip: bool = False, batch_size: int | None = None,
+                   bf16: bool = False, tta: TTA = "none", batch_size: int | None = None,
                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Logits (float32, on the CPU) for uint8 images (N, 32, 32, 3).
 
@@ -210,9 +228,7 @@ def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, device: 
     for start in range(0, len(images), batch_size):
         x = to_input(images[start:start + batch_size].to(device))
         with autocast(device, bf16):
-            logits = model(x).float()
-            if tta_flip:
-                logits = (logits + model(x.flip(3)).float()) / 2
+            logits = tta_logits(model, x, tta)
         out.append(logits.cpu())
         if progress:
             progress(min(start + batch_size, len(images)), len(images))

@@ -28,7 +28,8 @@ def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, r
               on_event: EventHandler | None = None, stop: threading.Event | None = None,
               preset: str | None = None, subset: int | None = None,
               channel_order: str = "correct") -> RunMetrics:
-    """Train, record every epoch in ``run_dir``, evaluate on the test set; returns the metrics.
+    """Train, record every epoch in ``run_dir``, evaluate on the test set and keep its
+    predictions there too (the Evaluate page draws them at once); returns the metrics.
 
     A run stopped by the user is still tested and saved (status ``stopped``); an
     exception marks the folder ``interrupted`` and propagates. A device this machine lacks
@@ -99,7 +100,8 @@ def _train_and_test(model: torch.nn.Module, cfg: TrainConfig, data: CifarData, w
             return writer.metrics
         writer.save_weights(result.best_state)
         test = evaluate(model, data.x_test, data.y_test, data.classes, cfg.device,
-                        cfg.precision, cfg.tta_flip)
+                        cfg.precision, cfg.tta)
+        writer.save_test_predictions(test, cfg.tta)
     except BaseException:
         # Also after training: a run whose process lives on (an app job) must not stay "running".
         # When this write fails too (the disk is full), the first failure is the one to report;

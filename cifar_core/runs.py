@@ -45,7 +45,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from .config import ConfigError, ModelConfig, TrainConfig
+from .config import TTA, ConfigError, ModelConfig, TrainConfig
 from .data import DEFAULT_CLASSES
 from .evaluation import Evaluation, predictions_bytes, read_predictions
 from .formatting import format_percent
@@ -330,6 +330,21 @@ class RunWriter:
     def save_weights(self, state: dict[str, torch.Tensor]) -> None:
         self._write(WEIGHTS_FILE, save_weights_bytes(state))
 
+    def save_test_predictions(self, result: Evaluation, tta: TTA) -> None:
+        """The saved weights' predictions on the test set, so Evaluate draws them at once."""
+        try:
+            write_test_predictions(self.path, result, tta)
+        except OSError as err:
+            raise RunError(f"cannot write {self.path / PREDICTIONS_FILE}: {err.strerror}") from None
+
+
+def write_test_predictions(folder: Path, result: Evaluation, tta: TTA) -> Path:
+    """``result``, made by the weights in ``folder`` with ``tta``, stored beside them."""
+    weights = folder / WEIGHTS_FILE
+    path = folder / PREDICTIONS_FILE
+    atomic_write(path, predictions_bytes(result, _file_digest(str(weights), weights.stat().st_mtime), tta))
+    return path
+
 
 def _csv_bytes(rows: list[dict]) -> bytes:
     out = io.StringIO()
@@ -504,13 +519,12 @@ class Run:
             raw = (self.path / PREDICTIONS_FILE).read_bytes()
         except OSError:
             return None
-        return read_predictions(raw, self.classes, self.weights_digest())
+        return read_predictions(raw, self.classes, self.weights_digest(), self.train_config.tta)
 
     def save_test_predictions(self, result: Evaluation) -> Path:
-        """Store ``result`` (this run's weights on the whole test set) beside the weights."""
-        path = self.path / PREDICTIONS_FILE
-        atomic_write(path, predictions_bytes(result, self.weights_digest()))
-        return path
+        """Store ``result`` (this run's weights on the whole test set, with its test-time
+        augmentation) beside the weights."""
+        return write_test_predictions(self.path, result, self.train_config.tta)
 
     def test_confusion(self) -> np.ndarray | None:
         """The test confusion matrix (rows true, columns predicted), or None before the run is tested."""

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import alternating_flips, augment
-from .config import Monitor, TrainConfig
+from .config import TTA, Monitor, TrainConfig
 from .data import CifarData
 from .devices import autocast, resolve_device, training_memory_format, tune_for_fixed_shapes, use_bf16
 from .model import CifarCNN, predict_logits, to_input
@@ -362,9 +362,9 @@ class Validation:
     confusion: np.ndarray
 
 
-def validate(model: nn.Module, data: CifarData, setup: TrainingSetup, tta_flip: bool) -> Validation:
+def validate(model: nn.Module, data: CifarData, setup: TrainingSetup, tta: TTA) -> Validation:
     """Loss, accuracy and confusion matrix on the validation images."""
-    logits = predict_logits(model, data.x_val, setup.device, setup.bf16, tta_flip)
+    logits = predict_logits(model, data.x_val, setup.device, setup.bf16, tta)
     loss = F.cross_entropy(logits, torch.from_numpy(data.y_val)).item()
     predicted = logits.argmax(1).numpy()
     accuracy = float((predicted == data.y_val).mean())
@@ -526,7 +526,7 @@ def fit(model: nn.Module, data: CifarData, cfg: TrainConfig,
         stopped_by_user = trained.stopped
         # Test-time augmentation only for the planned last epoch's figure: between epochs
         # validation just tracks progress, and the extra views would cost time every epoch.
-        val = validate(model, data, setup, cfg.tta_flip and epoch == cfg.epochs)
+        val = validate(model, data, setup, cfg.tta if epoch == cfg.epochs else "none")
         record = EpochRecord(epoch, trained.loss, trained.accuracy, val.loss, val.accuracy, trained.lr,
                              time.perf_counter() - epoch_start)
         history.append(record)

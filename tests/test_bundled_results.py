@@ -56,6 +56,7 @@ def test_the_bundled_models_ship_their_test_predictions() -> None:
 def test_evaluate_save_predictions_stores_what_evaluate_computes(
         tiny_run: Path, cifar_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = shutil.copytree(tiny_run, tmp_path / "tiny")
+    (run_dir / PREDICTIONS_FILE).unlink()  # as in a run folder written before runs kept them
     assert load_run(run_dir).stored_test_predictions() is None
     assert main(["evaluate", str(run_dir), "--data-dir", str(cifar_root), "--save-predictions"]) == 0
     run = load_run(run_dir)

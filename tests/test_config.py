@@ -27,7 +27,7 @@ def test_every_enumerated_setting_has_its_options_from_its_type() -> None:
     assert choices("padding") == ("valid", "same")
     assert choices("device") == ("auto", "cpu", "cuda", "mps")
     assert set(CHOICES) == {"stem", "padding", "activation", "pooling", "head", "init", "optimizer",
-                            "lr_schedule", "augmentation", "monitor", "precision", "device"}
+                            "lr_schedule", "augmentation", "tta", "monitor", "precision", "device"}
     for name in CHOICES:
         hint = {f.name: f.type for f in dataclasses.fields(ModelConfig) + dataclasses.fields(TrainConfig)}
         assert hint[name]  # declared on a field of one of the configs
@@ -38,13 +38,20 @@ def test_every_enumerated_setting_has_its_options_from_its_type() -> None:
 @pytest.mark.parametrize("cls, name", [(ModelConfig, n) for n in ("padding", "activation", "pooling",
                                                                    "head", "init")]
                          + [(TrainConfig, n) for n in ("optimizer", "lr_schedule", "augmentation",
-                                                       "monitor", "precision", "device")])
+                                                       "tta", "monitor", "precision", "device")])
 def test_a_value_outside_the_options_is_refused_and_each_option_is_accepted(cls: type, name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         cls(**{name: "no-such-option"})
     for option in choices(name):
         if not (name == "padding" and option == "valid" and cls is not ModelConfig):
             assert getattr(cls(**{name: option}), name) == option
+
+
+def test_runs_saved_with_the_mirror_switch_load_with_its_test_time_views() -> None:
+    old = {**TrainConfig().to_dict(), "epochs": 7}
+    del old["tta"]
+    assert TrainConfig.from_dict({**old, "tta_flip": True}) == TrainConfig(epochs=7, tta="flip")
+    assert TrainConfig.from_dict({**old, "tta_flip": False}) == TrainConfig(epochs=7, tta="none")
 
 
 def test_configs_are_frozen_so_presets_can_be_shared() -> None:

@@ -36,8 +36,8 @@ def test_a_cell_lists_its_images_most_confident_first() -> None:
 
 def test_stored_predictions_round_trip_in_float16() -> None:
     result = an_evaluation()
-    raw = predictions_bytes(result, "abc")
-    back = read_predictions(raw, CLASSES, "abc")
+    raw = predictions_bytes(result, "abc", "flip")
+    back = read_predictions(raw, CLASSES, "abc", "flip")
     assert back is not None
     assert back.labels.tolist() == result.labels.tolist()
     assert back.predicted.tolist() == result.predicted.tolist()
@@ -45,9 +45,10 @@ def test_stored_predictions_round_trip_in_float16() -> None:
     assert back.accuracy == result.accuracy and (back.confusion() == result.confusion()).all()
 
 
-def test_stored_predictions_of_other_weights_or_damaged_are_ignored() -> None:
-    raw = predictions_bytes(an_evaluation(), "abc")
-    assert read_predictions(raw, CLASSES, "other weights") is None
-    assert read_predictions(raw[:100], CLASSES, "abc") is None
-    assert read_predictions(b"not a zip", CLASSES, "abc") is None
-    assert read_predictions(raw, ("a", "b"), "abc") is None  # probabilities of 3 classes
+def test_stored_predictions_of_other_weights_or_views_or_damaged_are_ignored() -> None:
+    raw = predictions_bytes(an_evaluation(), "abc", "flip")
+    assert read_predictions(raw, CLASSES, "other weights", "flip") is None
+    assert read_predictions(raw, CLASSES, "abc", "flip_translate") is None
+    assert read_predictions(raw[:100], CLASSES, "abc", "flip") is None
+    assert read_predictions(b"not a zip", CLASSES, "abc", "flip") is None
+    assert read_predictions(raw, ("a", "b"), "abc", "flip") is None  # probabilities of 3 classes

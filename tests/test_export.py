@@ -178,8 +178,8 @@ def test_onnx_matches_pytorch(tmp_path: Path, preset: str) -> None:
     sess = session(export.onnx_bytes(run))
     model = run.load_model("cpu")
     images = images_uint8(37)
-    # The app's own prediction path (standardisation inside the model, mirror averaging for tta_flip).
-    expected = predict_logits(model, images, torch.device("cpu"), tta_flip=run.train_config.tta_flip).numpy()
+    # The app's own prediction path (standardisation inside the model, the run's test-time views).
+    expected = predict_logits(model, images, torch.device("cpu"), tta=run.train_config.tta).numpy()
     got = sess.run(None, {export.INPUT_NAME: as_onnx_input(images)})[0]
     assert got.shape == (37, 10)
     assert np.abs(got - expected).max() < TOLERANCE
@@ -197,8 +197,8 @@ def test_onnx_batch_dimension_is_dynamic(tmp_path: Path) -> None:
 
 
 def test_onnx_flip_averaging_follows_the_run(tmp_path: Path) -> None:
-    run = random_run(tmp_path / "r", "fast")
-    assert run.train_config.tta_flip
+    run = random_run(tmp_path / "r", "quick")
+    assert run.train_config.tta == "flip"
     images = as_onnx_input(images_uint8(8))
     sess = session(export.onnx_bytes(run))
     mirrored = images[..., ::-1].copy()
@@ -274,7 +274,7 @@ def test_onnx_matches_pytorch_on_real_test_images(real_cifar_root: Path, tmp_pat
     data = load_cifar10(real_cifar_root, download=False)
     run = random_run(tmp_path / "r", "fast")
     images = data.x_test[:500]
-    expected = predict_logits(run.load_model(), images, torch.device("cpu"), tta_flip=True).numpy()
+    expected = predict_logits(run.load_model(), images, torch.device("cpu"), tta="flip_translate").numpy()
     got = session(export.onnx_bytes(run)).run(None, {"images": as_onnx_input(images)})[0]
     assert np.abs(got - expected).max() < TOLERANCE
 

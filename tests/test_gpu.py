@@ -79,9 +79,9 @@ def test_weights_trained_on_the_accelerator_give_the_same_answers_on_the_cpu(
     train_run(p.model, train, data, tmp_path / "run", preset="quick")
     run = load_run(tmp_path / "run")
     on_gpu = evaluate(run.load_model(DEVICE), data.x_test, data.y_test, data.classes, device=DEVICE,
-                      tta_flip=train.tta_flip)
+                      tta=train.tta)
     on_cpu = evaluate(run.load_model("cpu"), data.x_test, data.y_test, data.classes, device="cpu",
-                      tta_flip=train.tta_flip)
+                      tta=train.tta)
     assert on_gpu.accuracy == pytest.approx(run.metrics.test_acc)
     assert np.abs(on_gpu.probabilities - on_cpu.probabilities).max() < 1e-3
     assert (on_gpu.predicted == on_cpu.predicted).mean() >= 0.99

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -18,6 +19,7 @@ from cifar_core.model import (
     build_model,
     count_parameters,
     layer_table,
+    predict_logits,
     summary,
     training_flops,
 )
@@ -196,6 +198,27 @@ def test_standardize_input_equals_standardizing_by_hand() -> None:
     x = torch.rand(4, 3, 32, 32)
     mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
     torch.testing.assert_close(inside(x), outside((x - mean) / std))
+
+
+def test_test_time_views_equal_views_made_on_the_pixels() -> None:
+    torch.manual_seed(3)
+    model = build_model(get_preset("quick").model).eval()
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    cpu = torch.device("cpu")
+
+    def plain(pixels: np.ndarray) -> torch.Tensor:
+        return predict_logits(model, np.ascontiguousarray(pixels), cpu)
+
+    def mirror_mean(pixels: np.ndarray) -> torch.Tensor:
+        return (plain(pixels) + plain(pixels[:, :, ::-1])) / 2
+
+    # One pixel up-left and one down-right: the image padded by reflection and cut again.
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    shifted = mirror_mean(padded[:, :32, :32]) + mirror_mean(padded[:, 2:, 2:])
+    expected = {"none": plain(images), "flip": mirror_mean(images),
+                "flip_translate": mirror_mean(images) / 2 + shifted / 4}
+    for tta, logits in expected.items():
+        torch.testing.assert_close(predict_logits(model, images, cpu, tta=tta), logits)
 
 
 @pytest.mark.parametrize("values, message", [

@@ -73,8 +73,8 @@ def edit_json(path: Path, **changes: object) -> None:
 
 def test_run_folder_holds_exactly_the_documented_files(run_dir: Path) -> None:
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        ".lock", "config.json", "grad_norms.csv", "history.csv", "metrics.json", "val_confusion.npy",
-        "weights.safetensors"]
+        ".lock", "config.json", "grad_norms.csv", "history.csv", "metrics.json", "test_predictions.npz",
+        "val_confusion.npy", "weights.safetensors"]
     assert (run_dir / ".lock").stat().st_size == 0
 
 
@@ -117,6 +117,10 @@ def test_saved_weights_reproduce_the_test_figures(run_dir: Path, data: CifarData
     result = evaluate(run.load_model(), data.x_test, data.y_test, data.classes, device="cpu")
     assert result.accuracy == pytest.approx(run.metrics.test_acc)
     assert result.confusion().tolist() == run.metrics.confusion_matrix
+    # The predictions kept for the Evaluate page are these, so it draws them without the data.
+    stored = run.stored_test_predictions()
+    assert stored is not None and stored.predicted.tolist() == result.predicted.tolist()
+    np.testing.assert_allclose(stored.probabilities, result.probabilities, atol=1e-3)
 
 
 def test_config_json_rebuilds_model_and_training(run_dir: Path) -> None:

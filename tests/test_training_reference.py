@@ -25,7 +25,7 @@ ADAM_KERAS = TrainConfig(epochs=3, batch_size=32, lr=3e-3, augmentation="keras",
                          precision="fp32", seed=5, early_stopping=True, patience=1)
 SGD_ONECYCLE = TrainConfig(optimizer="sgd", lr=0.05, weight_decay=5e-4, batch_size=64, epochs=3,
                            lr_schedule="onecycle", label_smoothing=0.1, augmentation="crop_flip",
-                           early_stopping=False, tta_flip=True, precision="fp32", device="cpu", seed=2)
+                           early_stopping=False, tta="flip", precision="fp32", device="cpu", seed=2)
 # (epoch, train_loss, train_acc, val_loss, val_acc, lr) per epoch, to 6 significant digits.
 REFERENCE = {
     "adam_keras": (ADAM_KERAS, [(1, 2.15113, 0.208333, 1.88482, 0.20, 0.003),
