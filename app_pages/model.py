@@ -331,9 +331,8 @@ def draw_training_settings() -> None:
     left.radio("Test-time augmentation", choices("tta"), horizontal=True, key=K + "tta",
                help=HELP["tta"])
     right.toggle("Weight averaging", key=K + "weight_averaging", help=HELP["weight_averaging"])
-    left, right = st.columns(2)
-    right.radio("Precision", choices("precision"), horizontal=True, key=K + "precision",
-                help=HELP["precision"])
+    st.radio("Precision", choices("precision"), horizontal=True, key=K + "precision",
+             help=HELP["precision"])
     left, right = st.columns(2)
     left.selectbox("Device", choices("device"), key=K + "device", help=HELP["device"],
                    format_func=device_label)

@@ -30,7 +30,8 @@ from cifar_core.runs import load_run
 CPU = torch.device("cpu")
 
 
-def each_way(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray) -> dict[str, tuple[float, float]]:
+def each_way(model: torch.nn.Module, images: np.ndarray,
+             labels: np.ndarray) -> dict[str, tuple[float, float]]:
     """(accuracy, seconds) of every test-time augmentation on uint8 images (N, 32, 32, 3)."""
     figures = {}
     for tta in choices("tta"):

@@ -11,7 +11,8 @@ check them without writing files:
 - ``onnx_bytes``: the network as ONNX. Input ``images``: float32 (N, 3, 32, 32), RGB in
   [0, 1], any N; output ``logits``: (N, 10), in the run's class order (softmax gives
   probabilities). Input standardisation, and the run's test-time augmentation (``tta``:
-  the mirror and shifted views it averages), are part of the graph, so the file gives the figures the app shows.
+  the mirror and shifted views it averages), are part of the graph, so the file gives the
+  figures the app shows.
 
 ONNX export uses PyTorch's TorchScript-based exporter (``torch.onnx.export(...,
 dynamo=False)``), which needs the ``onnx`` package (torch imports it to finish the
