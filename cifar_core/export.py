@@ -233,8 +233,8 @@ def _export_torchscript(module: nn.Module, example: torch.Tensor) -> bytes:
         # "legacy TorchScript-based ONNX export" deprecation: a choice made on purpose (module docstring).
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        # The mirror of a shifted view is a slice with step -1, which the exporter leaves to run
-        # rather than fold into a constant: nothing to act on.
+        # The shifted views' slices are left to run rather than folded into constants, which the
+        # exporter notes; the graph still gives PyTorch's logits (tests/test_export.py).
         warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
         torch.onnx.export(module, (example,), out, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
