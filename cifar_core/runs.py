@@ -340,9 +340,8 @@ class RunWriter:
 
 def write_test_predictions(folder: Path, result: Evaluation, tta: TTA) -> Path:
     """``result``, made by the weights in ``folder`` with ``tta``, stored beside them."""
-    weights = folder / WEIGHTS_FILE
     path = folder / PREDICTIONS_FILE
-    atomic_write(path, predictions_bytes(result, _file_digest(str(weights), weights.stat().st_mtime), tta))
+    atomic_write(path, predictions_bytes(result, _weights_digest(folder), tta))
     return path
 
 
@@ -503,14 +502,11 @@ class Run:
 
     def weights_mtime(self) -> float:
         """When the weights were last saved (0 without weights): a cache key for anything derived."""
-        try:
-            return (self.path / WEIGHTS_FILE).stat().st_mtime
-        except OSError:
-            return 0.0
+        return _weights_mtime(self.path)
 
     def weights_digest(self) -> str:
         """SHA-256 of the weights file ('' without one): ties stored predictions to the weights."""
-        return _file_digest(str(self.path / WEIGHTS_FILE), self.weights_mtime())
+        return _weights_digest(self.path)
 
     def stored_test_predictions(self) -> Evaluation | None:
         """The test-set predictions saved beside the weights, when they were made by these
@@ -561,6 +557,17 @@ class Run:
             detail = " ".join(str(err).split())[:300]
             raise RunError(f"{self.path / WEIGHTS_FILE}: does not fit {CONFIG_FILE} ({detail})") from None
         return model.to(device).eval()
+
+
+def _weights_mtime(folder: Path) -> float:
+    try:
+        return (folder / WEIGHTS_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _weights_digest(folder: Path) -> str:
+    return _file_digest(str(folder / WEIGHTS_FILE), _weights_mtime(folder))
 
 
 @functools.lru_cache(maxsize=64)
