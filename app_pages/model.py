@@ -327,10 +327,9 @@ def draw_training_settings() -> None:
                        disabled=not s[K + "early_stopping"])
 
     st.markdown("##### Prediction, hardware and reproducibility")
-    left, right = st.columns(2)
-    left.radio("Test-time augmentation", choices("tta"), horizontal=True, key=K + "tta",
-               help=HELP["tta"])
-    right.toggle("Weight averaging", key=K + "weight_averaging", help=HELP["weight_averaging"])
+    # Full rows: in half a column the radio's three options and the toggle's label were cut short.
+    st.radio("Test-time augmentation", choices("tta"), horizontal=True, key=K + "tta", help=HELP["tta"])
+    st.toggle("Weight averaging", key=K + "weight_averaging", help=HELP["weight_averaging"])
     st.radio("Precision", choices("precision"), horizontal=True, key=K + "precision",
              help=HELP["precision"])
     left, right = st.columns(2)
