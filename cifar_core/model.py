@@ -163,6 +163,12 @@ class Dropout(nn.Dropout):
     and took a fifth of the baseline's training step. Here each random 64-bit integer
     gives eight bytes, compared with the rate in steps of 1/256 (0.25 and 0.5 exactly),
     which makes the layer about 6x faster. Other devices use the built-in kernel.
+
+    The comparison is done as arithmetic in the activation's dtype, clamp(byte - threshold
+    + 1, 0, 1), a 0/1 mask of the same type as ``x``: on the CPU a comparison or a
+    multiplication by a bool mask takes a slower path than these vectorised ones (the
+    baseline's first dropout, forward and backward: 0.9-1.2 ms against 2.1-2.2 ms, and its
+    whole step 5-6% faster; benchmarks/dropout.py). The values are the same.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,7 +182,7 @@ class Dropout(nn.Dropout):
         order = x.permute(0, 2, 3, 1) if x.dim() == 4 and not x.is_contiguous() else x
         random_bytes = torch.randint(-2**63, 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64,
                                      device=x.device).view(torch.uint8)[:n]
-        keep = random_bytes.view(order.shape) >= threshold
+        keep = random_bytes.view(order.shape).to(x.dtype).sub_(threshold - 1).clamp_(0, 1)
         if order is not x:
             keep = keep.permute(0, 3, 1, 2)
         return x * keep * (256 / (256 - threshold))

@@ -112,3 +112,14 @@ def test_browser_cpu_benchmark_counts_only_the_processes_it_started() -> None:
     finally:
         shell.kill()
         shell.wait()
+
+
+def test_dropout_benchmark_compares_two_layers_that_give_the_same_values() -> None:
+    dropout = benchmark("dropout")
+    x = torch.rand(4, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    outputs = []
+    for kind in ("comparison", "arithmetic"):
+        torch.manual_seed(1)
+        with dropout.layer(kind):
+            outputs.append(dropout.Dropout(0.25).train()(x))
+    assert torch.equal(*outputs) and (outputs[0] == 0).any()

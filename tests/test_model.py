@@ -257,6 +257,20 @@ def test_dropout_keeps_one_minus_p_and_scales(p: float, channels_last: bool) -> 
     torch.testing.assert_close(y[kept], x[kept] / (1 - p))
 
 
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.5, 0.9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_keeps_exactly_the_bytes_at_or_above_the_threshold(p: float, dtype: torch.dtype) -> None:
+    x = (torch.rand(8, 6, 5, 5) + 0.5).to(dtype).contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(6)
+    random_bytes = torch.randint(-2**63, 2**63 - 1, ((x.numel() + 7) // 8,),
+                                 dtype=torch.int64).view(torch.uint8)[:x.numel()]
+    threshold = round(p * 256)
+    keep = (random_bytes.view(8, 5, 5, 6) >= threshold).permute(0, 3, 1, 2)
+    torch.manual_seed(6)
+    y = Dropout(p).train()(x)
+    assert torch.equal(y, x * keep * (256 / (256 - threshold)))
+
+
 def test_dropout_masks_are_independent_per_element_and_per_call() -> None:
     torch.manual_seed(4)
     x = torch.ones(16, 8, 6, 6).contiguous(memory_format=torch.channels_last)
