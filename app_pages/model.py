@@ -315,9 +315,9 @@ def draw_training_settings() -> None:
                help=HELP["augmentation"])
     right.slider("Label smoothing", 0.0, 0.5, step=0.05, key=K + "label_smoothing",
                  help=HELP["label_smoothing"])
-    left, right = st.columns(2)
-    left.toggle("Early stopping", key=K + "early_stopping", help=HELP["early_stopping"])
-    right.toggle("Restore best weights", key=K + "restore_best", help=HELP["restore_best"])
+    # Toggles on full rows: in half a column their labels were cut short.
+    st.toggle("Early stopping", key=K + "early_stopping", help=HELP["early_stopping"])
+    st.toggle("Restore best weights", key=K + "restore_best", help=HELP["restore_best"])
     left, right = st.columns(2)
     left.radio("Monitor", choices("monitor"), horizontal=True, key=K + "monitor",
                help=HELP["monitor"], format_func={"val_loss": "validation loss",
@@ -327,7 +327,7 @@ def draw_training_settings() -> None:
                        disabled=not s[K + "early_stopping"])
 
     st.markdown("##### Prediction, hardware and reproducibility")
-    # Full rows: in half a column the radio's three options and the toggle's label were cut short.
+    # Full rows, for the same reason: the radio's three options and the toggle's label.
     st.radio("Test-time augmentation", choices("tta"), horizontal=True, key=K + "tta", help=HELP["tta"])
     st.toggle("Weight averaging", key=K + "weight_averaging", help=HELP["weight_averaging"])
     st.radio("Precision", choices("precision"), horizontal=True, key=K + "precision",
@@ -375,7 +375,8 @@ def draw_network(preset: str, model: ModelConfig) -> None:
 def draw_layer_table(table: pd.DataFrame) -> None:
     # Tall enough for every row: a scrolling layer table hides the end of the network.
     st.dataframe(table, hide_index=True, key="model.layer_table", height=35 * (len(table) + 1) + 3,
-                 column_config={"params": st.column_config.NumberColumn(format="localized")})
+                 column_config={"layer": st.column_config.TextColumn(width=120),  # "dropout_dense1"
+                                "params": st.column_config.NumberColumn(format="localized")})
     st.caption("Output shapes are height × width × channels for one image, measured by "
                "running a blank image through the real network.")
 
