@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +46,13 @@ from cifar_core.runs import Run, default_run, list_runs, load_run
 from cifar_core.shared import SharedCache
 
 ProgressFn = Callable[[int, int], None]
+
+# Every torch call releases Python's interpreter lock and must get it back afterwards; while
+# other threads run Python (other visitors' scripts, the web server, the training loop) that
+# takes up to the switch interval, 5 ms by default, per call. A photo's prediction makes a
+# few dozen calls: with three threads busy in Python it took about 1 s at 5 ms and 0.23 s
+# at 1 ms (benchmarks/contention.py).
+sys.setswitchinterval(0.001)
 DEFAULT_PRESET = "baseline"
 TRAIN_JOB_KEY = "train.job_id"  # this session's job on the Train page
 

@@ -200,21 +200,38 @@ def build_model(config: ModelConfig) -> CifarCNN:
     return CifarCNN(config)
 
 
-def tta_logits(model: nn.Module, x: torch.Tensor, tta: TTA) -> torch.Tensor:
-    """The model's float32 logits for input ``x`` (N, 3, 32, 32), averaged over the views that
-    ``tta`` names (config.TrainConfig.tta): the image and its mirror, then the mirror pairs of
-    the image shifted one pixel up-left and one down-right, its edges reflected as in training."""
-    def mirror_mean(view: torch.Tensor) -> torch.Tensor:
-        return (model(view).float() + model(view.flip(3)).float()) / 2
+# How much each view of test-time augmentation counts: the image and its mirror, then the mirror
+# pairs of the image shifted one pixel up-left and one pixel down-right (tta_views' order).
+VIEW_WEIGHTS: dict[str, tuple[float, ...]] = {
+    "none": (1.0,), "flip": (1 / 2, 1 / 2), "flip_translate": (1 / 4, 1 / 4, 1 / 8, 1 / 8, 1 / 8, 1 / 8)}
 
+
+def tta_views(x: torch.Tensor, tta: TTA) -> list[torch.Tensor]:
+    """The views of images ``x`` (N, 3, 32, 32) that ``tta`` averages (config.TrainConfig.tta),
+    the shifted ones with their edges reflected as in training."""
     if tta == "none":
-        return model(x).float()
+        return [x]
     if tta == "flip":
-        return mirror_mean(x)
+        return [x, x.flip(3)]
     side = x.shape[-1]
     padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
-    shifted = mirror_mean(padded[..., :side, :side]) + mirror_mean(padded[..., 2:, 2:])
-    return mirror_mean(x) / 2 + shifted / 4
+    up_left, down_right = padded[..., :side, :side], padded[..., 2:, 2:]
+    return [x, x.flip(3), up_left, up_left.flip(3), down_right, down_right.flip(3)]
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: TTA) -> torch.Tensor:
+    """The model's float32 logits for input ``x`` (N, 3, 32, 32), averaged over the views that
+    ``tta`` names with their ``VIEW_WEIGHTS``.
+
+    All views go through the network as one batch: one call per layer rather than one per
+    view and layer. In a server each call hands Python's interpreter lock to the other
+    threads and waits to get it back, and a photo's six views took about six times as long
+    as one batch of six while the page scripts of other visitors ran (benchmarks/RESULTS.md).
+    """
+    views = tta_views(x, tta)
+    logits = model(torch.cat(views) if len(views) > 1 else x).float()
+    weights = torch.tensor(VIEW_WEIGHTS[tta], device=logits.device)
+    return (logits.unflatten(0, (len(views), -1)) * weights[:, None, None]).sum(0)
 
 
 @torch.no_grad()
@@ -223,11 +240,13 @@ def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, device: 
                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Logits (float32, on the CPU) for uint8 images (N, 32, 32, 3).
 
-    Batches default to 250 images on the CPU: the activations of 1,000 took about 270 MB
-    (baseline) to 540 MB (fast) at once, against 70 and 150 MB, and the smaller batches
-    also ran 25% faster (they stay in the cache). GPUs get 1,000.
+    Batches default to 250 network inputs on the CPU, counting each view of test-time
+    augmentation (250 images, or 41 with their six views): the activations of 1,000 took
+    about 270 MB (baseline) to 540 MB (fast) at once, against 70 and 150 MB, and the
+    smaller batches also ran 25% faster (they stay in the cache). GPUs get 1,000.
     """
-    batch_size = batch_size or (250 if device.type == "cpu" else 1000)
+    inputs = batch_size or (250 if device.type == "cpu" else 1000)
+    batch_size = max(1, inputs // len(VIEW_WEIGHTS[tta]))
     model.eval()
     images = torch.as_tensor(images)
     out = []

@@ -123,3 +123,14 @@ def test_dropout_benchmark_compares_two_layers_that_give_the_same_values() -> No
         with dropout.layer(kind):
             outputs.append(dropout.Dropout(0.25).train()(x))
     assert torch.equal(*outputs) and (outputs[0] == 0).any()
+
+
+@pytest.mark.parametrize("tta", choices("tta"))
+def test_contention_benchmark_runs_the_same_views_one_call_each(tta: str) -> None:
+    contention = benchmark("contention")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig()).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(contention.view_by_view_logits(model, x, tta),
+                                   contention.model_module.tta_logits(model, x, tta))
