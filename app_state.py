@@ -49,10 +49,12 @@ ProgressFn = Callable[[int, int], None]
 
 # Every torch call releases Python's interpreter lock and must get it back afterwards; while
 # other threads run Python (other visitors' scripts, the web server, the training loop) that
-# takes up to the switch interval, 5 ms by default, per call. A photo's prediction makes a
-# few dozen calls: with three threads busy in Python it took about 1 s at 5 ms and 0.23 s
-# at 1 ms (benchmarks/contention.py).
+# takes up to the switch interval, 5 ms by default, per call. With three threads busy in
+# Python a photo's prediction took 1.3 s at 5 ms and 0.23 s at 1 ms, and at thirty visitors
+# every page's server p95 came under 2 s; training went about a fifth slower meanwhile
+# (benchmarks/contention.py, benchmarks/RESULTS.md).
 sys.setswitchinterval(0.001)
+
 DEFAULT_PRESET = "baseline"
 TRAIN_JOB_KEY = "train.job_id"  # this session's job on the Train page
 

@@ -225,8 +225,9 @@ def tta_logits(model: nn.Module, x: torch.Tensor, tta: TTA) -> torch.Tensor:
 
     All views go through the network as one batch: one call per layer rather than one per
     view and layer. In a server each call hands Python's interpreter lock to the other
-    threads and waits to get it back, and a photo's six views took about six times as long
-    as one batch of six while the page scripts of other visitors ran (benchmarks/RESULTS.md).
+    threads and waits to get it back: with other threads busy in Python, a photo's six
+    views one by one took three to four times as long as one batch of six
+    (benchmarks/contention.py).
     """
     views = tta_views(x, tta)
     logits = model(torch.cat(views) if len(views) > 1 else x).float()
