@@ -51,7 +51,7 @@ ProgressFn = Callable[[int, int], None]
 # other threads run Python (other visitors' scripts, the web server, the training loop) that
 # takes up to the switch interval, 5 ms by default, per call. With three threads busy in
 # Python a photo's prediction took 1.3 s at 5 ms and 0.23 s at 1 ms, and at thirty visitors
-# every page's server p95 came under 2 s; training went about a fifth slower meanwhile
+# every page's server p95 came under 2 s; training went 4-20% slower meanwhile
 # (benchmarks/contention.py, benchmarks/RESULTS.md).
 sys.setswitchinterval(0.001)
 
