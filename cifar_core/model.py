@@ -231,8 +231,8 @@ def tta_logits(model: nn.Module, x: torch.Tensor, tta: TTA) -> torch.Tensor:
     """
     views = tta_views(x, tta)
     logits = model(torch.cat(views) if len(views) > 1 else x).float()
-    weights = torch.tensor(VIEW_WEIGHTS[tta], device=logits.device)
-    return (logits.unflatten(0, (len(views), -1)) * weights[:, None, None]).sum(0)
+    per_view = logits.unflatten(0, (len(views), -1)).unbind(0)
+    return sum(weight * view for weight, view in zip(VIEW_WEIGHTS[tta], per_view, strict=True))
 
 
 @torch.no_grad()
