@@ -202,7 +202,7 @@ def build_model(config: ModelConfig) -> CifarCNN:
 
 # How much each view of test-time augmentation counts: the image and its mirror, then the mirror
 # pairs of the image shifted one pixel up-left and one pixel down-right (tta_views' order).
-VIEW_WEIGHTS: dict[str, tuple[float, ...]] = {
+VIEW_WEIGHTS: dict[TTA, tuple[float, ...]] = {
     "none": (1.0,), "flip": (1 / 2, 1 / 2), "flip_translate": (1 / 4, 1 / 4, 1 / 8, 1 / 8, 1 / 8, 1 / 8)}
 
 
