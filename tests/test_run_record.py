@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +13,15 @@ from cifar_core.bundled import bundled_runs
 from cifar_core.compare import leaderboard, run_table
 from cifar_core.config import ModelConfig, TrainConfig
 from cifar_core.data import DEFAULT_CLASSES
-from cifar_core.runs import MODELS_DIR, RunMetrics, RunWriter, load_run
-from cifar_core.training import EpochRecord
+from cifar_core.record import EpochRecord, RunConfig, RunMetrics
+from cifar_core.runs import MODELS_DIR, RunWriter, load_run
 
+REPO = Path(__file__).resolve().parents[1]
 RECORD = EpochRecord(1, 2.0, 0.3, 1.9, 0.35, 0.001, 2.5)
 
 
 def write_run(path: Path, finish: dict | None = None, subset: int | None = None) -> Path:
-    writer = RunWriter(path, ModelConfig(), TrainConfig(), preset="baseline", subset=subset)
+    writer = RunWriter(path, RunConfig(ModelConfig(), TrainConfig(), preset="baseline", subset=subset))
     writer.epoch_done([RECORD], 1, np.eye(10, dtype=np.int64), None)
     if finish is not None:
         writer.finish("finished", **finish)
@@ -66,3 +69,30 @@ def test_one_run_table_serves_the_run_list_and_the_leaderboard(tmp_path: Path) -
     assert table["images"].tolist()[0] == 500 and np.isnan(table["images"].tolist()[1])
     board = leaderboard(runs)
     assert board["run"].tolist() == ["b", "a"] and "created" not in board
+
+
+def test_config_keeps_its_file_format_and_reads_older_or_damaged_files_leniently() -> None:
+    config = RunConfig(ModelConfig(), TrainConfig(epochs=3), preset="baseline", subset=500,
+                       created="2026-01-01T00:00:00", owner="Ada")
+    values = config.to_dict()
+    assert list(values) == ["model", "train", "preset", "subset", "channel_order", "created", "owner"]
+    assert RunConfig.from_dict(json.loads(json.dumps(values))) == config
+    older = {"model": ModelConfig().to_dict(), "train": TrainConfig().to_dict()}
+    assert RunConfig.from_dict(older) == RunConfig(ModelConfig(), TrainConfig(), created="")
+    damaged = older | {"preset": 7, "subset": "all", "created": None, "owner": ["x"], "channel_order": 1}
+    assert RunConfig.from_dict(damaged) == RunConfig(ModelConfig(), TrainConfig(), created="")
+
+
+def test_a_runs_owner_is_kept_in_its_folder(tmp_path: Path) -> None:
+    RunWriter(tmp_path / "r", RunConfig(ModelConfig(), TrainConfig(), owner="Grace"))
+    assert load_run(tmp_path / "r").config.owner == "Grace"
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["owner"] == "Grace"
+
+
+def test_reading_run_folders_does_not_load_the_training_loop() -> None:
+    # Every page that only lists or shows runs imports cifar_core.runs.
+    code = "import sys, cifar_core.runs; print(sorted(m for m in sys.modules if m.startswith('cifar_core.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout
+    assert "cifar_core.record" in loaded and "cifar_core.training" not in loaded
+    assert "cifar_core.augment" not in loaded
