@@ -19,9 +19,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cifar_core"
 
 def direct_imports(path: Path) -> list[str]:
     """The sibling modules a module imports at its top level."""
-    tree = ast.parse(path.read_text())
-    return sorted({node.module.split(".")[0] for node in tree.body
-                   if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module})
+    modules = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            # from .x import y names x; from . import x names x itself
+            modules |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+    return sorted(modules)
 
 
 def loaded_by(module: str) -> list[str]:

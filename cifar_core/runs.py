@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save
 from . import liveness
 from .config import TTA, ConfigError, ModelConfig, TrainConfig
 from .data import DEFAULT_CLASSES
-from .evaluation import Evaluation, predictions_bytes, read_predictions
+from .evaluation import Evaluation
 from .formatting import format_percent
 from .model import CifarCNN, build_model
 from .record import (
@@ -52,6 +52,7 @@ from .record import (
     RunConfig,
     RunError,
     RunMetrics,
+    StoredPredictions,
     grad_norms_csv,
     history_csv,
     read_grad_norms,
@@ -199,7 +200,9 @@ class RunWriter:
 def write_test_predictions(folder: Path, result: Evaluation, tta: TTA) -> Path:
     """``result``, made by the weights in ``folder`` with ``tta``, stored beside them."""
     path = folder / PREDICTIONS_FILE
-    atomic_write(path, predictions_bytes(result, _weights_digest(folder), tta))
+    stored = StoredPredictions(result.labels, result.predicted, result.probabilities, result.image_digests,
+                               _weights_digest(folder), tta)
+    atomic_write(path, stored.to_bytes())
     return path
 
 
@@ -357,7 +360,12 @@ class Run:
             raw = (self.path / PREDICTIONS_FILE).read_bytes()
         except OSError:
             return None
-        return read_predictions(raw, self.classes, self.weights_digest(), self.train_config.tta)
+        stored = StoredPredictions.from_bytes(raw, len(self.classes))
+        made_here = (self.weights_digest(), self.train_config.tta)
+        if stored is None or (stored.weights_sha256, stored.tta) != made_here:
+            return None
+        return Evaluation(stored.labels, stored.predicted, stored.probabilities, self.classes,
+                          stored.image_digests)
 
     def save_test_predictions(self, result: Evaluation) -> Path:
         """Store ``result`` (this run's weights on the whole test set, with its test-time
