@@ -2,8 +2,9 @@
 description of their UI.
 
 A content file has a title, then one ``## key`` section per text. The lines of a paragraph
-are joined into one (so files wrap for reading), paragraphs stay apart. Texts are the same
-for every visitor: each file is read once per process.
+are joined into one (so files wrap for reading), except that each item of a list ("- ")
+starts a line of its own; paragraphs stay apart. Texts are the same for every visitor: each
+file is read once per process.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ def sections(name: str) -> dict[str, str]:
 
 
 def _paragraphs(lines: list[str]) -> str:
-    paragraphs, current = [], []
+    paragraphs, current = [], ""
     for line in [*lines, ""]:
-        if line:
-            current.append(line)
-        elif current:
-            paragraphs.append(" ".join(current))
-            current = []
+        if not line:
+            if current:
+                paragraphs.append(current)
+            current = ""
+        elif line.startswith("- ") or not current:
+            current += ("\n" if current else "") + line
+        else:
+            current += " " + line
     return "\n\n".join(paragraphs)
