@@ -32,6 +32,7 @@ def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, r
               channel_order: str = "correct", owner: str | None = None) -> RunMetrics:
     """Train, record every epoch in ``run_dir``, evaluate on the test set and keep its
     predictions there too (the Evaluate page draws them at once); returns the metrics.
+    ``owner``, the display name of whoever started the run, is kept in its config.json.
 
     A run stopped by the user is still tested and saved (status ``stopped``); an
     exception marks the folder ``interrupted`` and propagates. A device this machine lacks

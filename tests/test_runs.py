@@ -48,7 +48,7 @@ def data(cifar_root: Path) -> CifarData:
 @pytest.fixture(scope="module")
 def run_dir(data: CifarData, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("runs") / "tiny"
-    train_run(TINY, TRAIN, data, path, preset="baseline", subset=None)
+    train_run(TINY, TRAIN, data, path, preset="baseline", subset=None, owner="Ada")
     return path
 
 
@@ -118,7 +118,7 @@ def test_saved_weights_reproduce_the_test_figures(run_dir: Path, data: CifarData
 def test_config_json_rebuilds_model_and_training(run_dir: Path) -> None:
     run = load_run(run_dir)
     assert run.model_config == TINY and run.train_config == TRAIN
-    assert run.config.preset == "baseline" and run.config.created
+    assert run.config.preset == "baseline" and run.config.created and run.config.owner == "Ada"
 
 
 def test_val_confusions_one_per_epoch(run_dir: Path, data: CifarData) -> None:
