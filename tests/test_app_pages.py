@@ -216,7 +216,6 @@ def test_model_page_loads_presets_and_reports_bad_combinations(cifar_env: Path) 
     assert len(at.session_state["config"][1].conv_filters) == 3  # the last valid one is kept
 
 
-@pytest.mark.slow
 def limit_name(widget_key: str) -> str:
     """The LIMITS entry a Model page widget offers: its key without the prefix and layer number."""
     name = widget_key.removeprefix("model.").rstrip("0123456789")
@@ -241,6 +240,7 @@ def test_model_page_widgets_offer_the_limits_config_declares(cifar_env: Path) ->
     assert at.slider(key="model.blocks").help == app_content.sections("model-settings")["blocks"]
 
 
+@pytest.mark.slow
 def test_model_page_shows_first_layer_filters_of_a_run(cifar_env: Path, trained_runs_dir: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        no_bundled_models: None) -> None:
