@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 import app_state
 
@@ -77,9 +78,10 @@ def presenting() -> bool:
     return st.query_params.get(PRESENT) == "1"
 
 
-def sync(page: str, **params: Param) -> None:
+def sync(page: str, link_in: DeltaGenerator | None = None, **params: Param) -> None:
     """Seed this page's widgets from the URL, say what in it was not used, and remember the
-    parameters for ``write_url``; draws the notes and a "Link to this view" control."""
+    parameters for ``write_url``; draws the notes and a "Link to this view" control (here,
+    or in ``link_in``)."""
     url = st.query_params.to_dict()
     written = st.session_state.setdefault(WRITTEN, {}).get(page, {})
     notes = []
@@ -103,7 +105,7 @@ def sync(page: str, **params: Param) -> None:
         back = {name: url[name] for name in (PRESENT, *LESSON_PARAMS) if name in url}
         st.page_link("app_pages/lesson.py", label="Back to the lesson", icon=":material/arrow_back:",
                      query_params=back)
-    st.session_state[DECLARED] = (page, params, st.empty())
+    st.session_state[DECLARED] = (page, params, (link_in or st).empty())
 
 
 def view_params(params: Mapping[str, Param]) -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 import app_views
 from app_figures import arms_curves_figure, confusion_figure, training_curves_figure
@@ -19,6 +20,7 @@ from cifar_core.lessons import Figure, Lesson, Link, MeasuredValues, Step, load_
 from cifar_core.runs import MODELS_DIR
 
 PAGES = {path.stem for path in Path(__file__).parent.glob("*.py")}  # what links may open
+FIGURE_HEIGHT = 430  # beside the text, within a 1280 x 720 projector's screen
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -48,37 +50,39 @@ def draw_figure(figure: Figure, values: MeasuredValues) -> None:
         if not record:
             st.caption(f"The experiment '{figure.name}' has no shipped results yet.")
             return
-        st.caption(f"{record['title']}: validation accuracy per epoch")
+        st.caption(f"{record['title']} (validation accuracy per epoch)")
         st.plotly_chart(arms_curves_figure([(s.label, s.history) for s in summaries_from_record(record)]),
-                        key=key)
+                        key=key, height=FIGURE_HEIGHT - 60)
         return
     run = values.runs.get(figure.name)
     if run is None:
         st.caption(f"No bundled model '{figure.name}' on this server.")
     elif figure.what == "confusion" and (matrix := run.test_confusion()) is not None:
-        st.plotly_chart(confusion_figure(matrix, run.classes, title=f"Model '{run.name}', test set: "
-                                         "true class (rows) vs prediction (columns)"), key=key)
+        st.plotly_chart(confusion_figure(matrix, run.classes, title=f"Model '{run.name}', test set"),
+                        key=key, height=FIGURE_HEIGHT)
     elif figure.what in ("accuracy", "loss") and run.history:
         st.plotly_chart(training_curves_figure(run.history, figure.what, run.metrics.best_epoch or None),
-                        key=key)
+                        key=key, height=FIGURE_HEIGHT - 60)
     else:
         st.caption(f"Model '{run.name}' has no {figure.what} figures yet.")
 
 
 def draw_step(lesson: Lesson, step: Step, number: int, values: MeasuredValues) -> None:
+    """The step's text, links and question, its figures (if any) beside them."""
     st.header(f"{number}. {step.title}", anchor=False)
-    st.markdown(values.fill(step.body))
-    if step.figures:
-        for column, figure in zip(st.columns(len(step.figures)), step.figures, strict=True):
-            with column:
-                draw_figure(figure, values)
-    for link in step.links:
-        st.page_link(f"app_pages/{link.page}.py", label=link.label, icon=":material/open_in_new:",
-                     query_params=link_params(link, lesson, number))
-    with st.container(border=True, key="lesson.question"):
-        st.markdown(f"**:material/help: Question for the class.** {values.fill(step.question)}")
-        with st.expander("Answer", icon=":material/visibility:"):
-            st.markdown(values.fill(step.answer))
+    text, figures = st.columns([3, 2], gap="large") if step.figures else (st.container(), None)
+    with text:
+        st.markdown(values.fill(step.body))
+        for link in step.links:
+            st.page_link(f"app_pages/{link.page}.py", label=link.label, icon=":material/open_in_new:",
+                         query_params=link_params(link, lesson, number))
+        with st.container(border=True, key="lesson.question"):
+            st.markdown(f"**:material/help: Question for the class.** {values.fill(step.question)}")
+            with st.expander("Answer", icon=":material/visibility:"):
+                st.markdown(values.fill(step.answer))
+    for figure in step.figures:
+        with figures:
+            draw_figure(figure, values)
 
 
 def go(delta: int, last: int) -> None:
@@ -86,11 +90,11 @@ def go(delta: int, last: int) -> None:
     st.session_state["lesson.step"] = min(max(st.session_state.get("lesson.step", 1) + delta, 1), last)
 
 
-def draw_navigation(lesson: Lesson) -> int:
+def draw_navigation(lesson: Lesson, back: DeltaGenerator, chooser: DeltaGenerator,
+                    forward: DeltaGenerator) -> int:
     """Previous, the step chooser, Next; returns the step to show (1-based)."""
     last = len(lesson.steps)
     st.session_state.setdefault("lesson.step", 1)
-    back, chooser, forward = st.columns([1, 4, 1], vertical_alignment="bottom")
     number = chooser.selectbox("Step", range(1, last + 1), key="lesson.step",
                                format_func=lambda n: f"{n} of {last}: {lesson.steps[n - 1].title}")
     back.button("Previous", icon=":material/arrow_back:", key="lesson.previous", width="stretch",
@@ -125,24 +129,30 @@ def step_options() -> dict[str, int]:
     return {str(n): n for n in range(1, len(lesson.steps) + 1)} if lesson else {}
 
 
-if not app_views.presenting():
-    st.title("Lesson")
 for err in errors:
     st.warning(f"Lesson file **{err.path}** was not loaded: line {err.line}: {err.message}",
                icon=":material/error:")
-app_views.sync("lesson", lesson=app_views.choice("lesson.id", by_id),
-               step=app_views.Param("lesson.step", step_options))
 if not lessons:
+    st.title("Lesson")
     st.info("No lessons found: put a Markdown lesson in the lessons/ folder (lessons/README.md "
             "describes the format).")
     st.stop()
-if len(lessons) > 1:
-    st.selectbox("Lesson", list(by_id), key="lesson.id", format_func=lambda i: by_id[i].title)
+# Rows made before the URL seeds the widgets, which are drawn into them afterwards.
+presenting = app_views.presenting()
+heading, choice = (None, None) if presenting else st.columns([3, 2], vertical_alignment="bottom")
+back, chooser, forward, link = st.columns([2, 7, 2, 3], vertical_alignment="bottom")
+app_views.sync("lesson", link_in=link, lesson=app_views.choice("lesson.id", by_id),
+               step=app_views.Param("lesson.step", step_options))
 lesson = chosen_lesson()
+if heading is not None:
+    heading.title("Lesson", anchor=False)
+    if len(lessons) > 1:
+        choice.selectbox("Lesson", list(by_id), key="lesson.id", format_func=lambda i: by_id[i].title)
+    else:
+        choice.markdown(f"**{lesson.title}**")
 if st.session_state.get("lesson.step", 1) > len(lesson.steps):
     st.session_state["lesson.step"] = 1  # another lesson, with fewer steps
-st.subheader(lesson.title, anchor=False, divider="gray")
-number = draw_navigation(lesson)
+number = draw_navigation(lesson, back, chooser, forward)
 if number == 1 and lesson.summary:
     st.caption(lesson.summary)
 draw_step(lesson, lesson.steps[number - 1], number, measured())

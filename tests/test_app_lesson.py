@@ -97,11 +97,11 @@ def test_a_teachers_lesson_appears_and_a_broken_one_is_named_with_its_line(
     (tmp_path / "broken.md").write_text("# Broken\n## Step\nQuestion: q\nAnswer: {{model:baseline.smell}}\n")
     monkeypatch.setenv(LESSONS_ENV, str(tmp_path))
     at = open_view("lesson", {"lesson": "my-class"})
-    assert at.subheader[0].value == "Cats and dogs"
     assert at.header[0].value == "1. Where the baseline fails"
     warning, = at.warning
     assert "broken.md" in warning.value and "line 4" in warning.value and "smell" in warning.value
     assert at.selectbox(key="lesson.id").value == "my-class"
+    assert at.selectbox(key="lesson.id").format_func("my-class") == "Cats and dogs"
 
 
 @pytest.mark.slow
