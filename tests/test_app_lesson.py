@@ -3,9 +3,11 @@ every step of the default lesson, every view it links to, and links that ask for
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from cifar_core.lessons import LESSONS_DIR, LESSONS_ENV, MeasuredValues, Step, load_lessons
@@ -143,3 +145,21 @@ def test_an_unknown_run_or_section_is_noted_and_the_page_still_draws(cifar_env: 
     at = open_view("evaluate", {"run": "no-such-run", "section": "nothing"})
     assert any("run=no-such-run" in n for n in notes(at)) and any("section=nothing" in n for n in notes(at))
     assert at.query_params["run"] != "no-such-run"
+
+
+def jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (640, 480)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def test_a_camera_photo_is_classified_and_a_bad_one_refused_like_an_upload() -> None:
+    at = open_view("predict", {"run": "baseline", "mode": "camera"})
+    camera = at.camera_input(key="predict.camera")
+    camera.set_value(("image.jpg", jpeg((200, 30, 30)), "image/jpeg")).run()
+    assert not at.exception and not at.error
+    assert any(m.value.startswith("#### Prediction: ") for m in at.markdown)
+    # Not a picture at all, though the browser called it one: the same checks as an upload.
+    at.camera_input(key="predict.camera").set_value(("image.jpg", b"\xff\xd8 not a jpeg", "image/jpeg")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "image.jpg" in at.error[0].value
