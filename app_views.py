@@ -138,9 +138,13 @@ def write_url() -> None:
     st.session_state[WRITTEN] = {page: view}
     base = st.context.url or ""
     link = f"{base}?{urlencode(view)}" if view else base
-    with placeholder.popover("Link to this view", icon=":material/link:"):
-        st.caption("Opens this page as you see it now, in any browser:")
-        st.code(link, language=None, wrap_lines=True)
+    # Drawn only while open: every view would otherwise send the link's code block along.
+    popover = placeholder.popover("Link to this view", icon=":material/link:", key=f"{page}.link",
+                                  on_change="rerun")
+    if popover.open:
+        with popover:
+            st.caption("Opens this page as you see it now, in any browser:")
+            st.code(link, language=None, wrap_lines=True)
 
 
 PRESENTER_CSS = """

@@ -129,6 +129,11 @@ def test_a_link_in_the_presenter_view_leads_there_and_back(browser: object, serv
     page.get_by_role("link", name="The baseline's scores per class").click()
     page.locator(".st-key-evaluate-per_class_bars .main-svg").first.wait_for()
     assert page.locator('[data-testid="stSidebar"]').count() == 0
+    page.get_by_role("button", name="Link to this view").click()
+    link = page.locator('[data-testid="stCode"]').first
+    link.wait_for()
+    assert re.search(r"/evaluate\?.*section=per-class", link.inner_text()), link.inner_text()
+    page.keyboard.press("Escape")
     page.get_by_role("link", name="Back to the lesson").click()
     page.get_by_role("heading", name="9. The results and the mistakes").wait_for()
     page.get_by_role("button", name="Next").click()
