@@ -149,7 +149,6 @@ def write_url() -> None:
 
 PRESENTER_CSS = """
 <style>
-  [data-testid="stMain"] { font-size: 1.3rem; }
   [data-testid="stMain"] .block-container { padding-top: 1.5rem; max-width: 100%; }
   [data-testid="stMain"] h1 { font-size: 2.6rem; }
   [data-testid="stMain"] h2 { font-size: 2.1rem; }

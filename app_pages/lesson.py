@@ -68,9 +68,11 @@ def draw_figure(figure: Figure, values: MeasuredValues) -> None:
 
 
 def draw_step(lesson: Lesson, step: Step, number: int, values: MeasuredValues) -> None:
-    """The step's text, links and question, its figures (if any) beside them."""
+    """The step's text, links and question; its figures beside them on a projector (the
+    whole width is the page's there), else under them."""
     st.header(f"{number}. {step.title}", anchor=False)
-    text, figures = st.columns([3, 2], gap="large") if step.figures else (st.container(), None)
+    beside = step.figures and app_views.presenting()
+    text, figures = st.columns([3, 2], gap="large") if beside else (st.container(), st.container())
     with text:
         st.markdown(values.fill(step.body))
         for link in step.links:
@@ -129,9 +131,12 @@ def step_options() -> dict[str, int]:
     return {str(n): n for n in range(1, len(lesson.steps) + 1)} if lesson else {}
 
 
-for err in errors:
-    st.warning(f"Lesson file **{err.path}** was not loaded: line {err.line}: {err.message}",
-               icon=":material/error:")
+for err in errors:  # a line each on the projector, in full for whoever fixes the file
+    message = f"Lesson file **{err.path}** was not loaded: line {err.line}: {err.message}"
+    if app_views.presenting():
+        st.caption(message)
+    else:
+        st.warning(message, icon=":material/error:")
 if not lessons:
     st.title("Lesson")
     st.info("No lessons found: put a Markdown lesson in the lessons/ folder (lessons/README.md "
