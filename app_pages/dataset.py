@@ -186,6 +186,7 @@ app_views.sync("dataset", section=app_views.tab("dataset.section", SECTIONS))
 if message := st.session_state.pop("dataset.installed", None):
     st.success(message)
 
+
 def draw_without_data(error: DataError | None) -> None:
     status = app_state.downloader().status()
     if status.active:
