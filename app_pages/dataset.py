@@ -10,6 +10,7 @@ import streamlit as st
 import app_content
 import app_figures as figures
 import app_state
+import app_views
 from cifar_core import stats
 from cifar_core.augment import AUGMENTATIONS, augmented_copies
 from cifar_core.data import (
@@ -177,8 +178,14 @@ def draw_channel_order(data: CifarData) -> None:
 st.title("Dataset")
 st.caption(TEXT["intro"])
 
+SECTIONS = {"Images": draw_image_grid, "Classes": draw_class_counts,
+            "Pixel statistics": draw_pixel_statistics, "Augmentation": draw_augmentation,
+            "Channel-order mistake": draw_channel_order}
+app_views.sync("dataset", section=app_views.tab("dataset.section", SECTIONS))
+
 if message := st.session_state.pop("dataset.installed", None):
     st.success(message)
+
 
 def draw_without_data(error: DataError | None) -> None:
     status = app_state.downloader().status()
@@ -202,7 +209,4 @@ else:
     draw_overview(data)
     # Only the open tab is drawn: all five together sent 26 pictures (1.9 MB) every view.
     app_state.tabs_drawn_when_open("dataset.section", {
-        "Images": lambda: draw_image_grid(data), "Classes": lambda: draw_class_counts(data),
-        "Pixel statistics": lambda: draw_pixel_statistics(data),
-        "Augmentation": lambda: draw_augmentation(data),
-        "Channel-order mistake": lambda: draw_channel_order(data)})
+        name: lambda draw=draw: draw(data) for name, draw in SECTIONS.items()})

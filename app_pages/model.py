@@ -18,6 +18,7 @@ import streamlit as st
 import app_content
 import app_figures as figures
 import app_state
+import app_views
 from cifar_core.config import (
     KERNEL_SIZES,
     LIMITS,
@@ -276,6 +277,7 @@ def draw_filters() -> None:
 # --- the page ----------------------------------------------------------------------------
 
 st.title("Model")
+app_views.sync("model", preset=app_views.choice(K + "preset", PRESETS, then=apply_preset))
 saved_preset, saved_model, saved_train = app_state.get_config()
 st.session_state.setdefault(K + "preset", saved_preset if saved_preset in PRESETS else "baseline")
 seed_widgets(saved_model, saved_train)
