@@ -2,6 +2,9 @@
 view they link to, at the same time, and the server's timing log says what each view cost.
 
     python benchmarks/lesson_walk.py --sessions 10 --data-dir /tmp/cifar10 --out lesson-10.json
+    python benchmarks/lesson_walk.py --sessions 10 --data-dir /tmp/cifar10 --cold \
+        --urls "/evaluate?run=baseline&split=test" "/evaluate?run=fast&split=test" \
+               "/evaluate?run=best&split=test"
 
 Starts `streamlit run streamlit_app.py` (real data through CIFAR10_DIR, the bundled models,
 an empty runs folder) with CIFAR_TIMING_LOG on, then lowers this process to ``--client-nice``
@@ -13,6 +16,10 @@ Every URL is a fresh page load, so a new Streamlit session: its server seconds a
 of that session's script runs in the timing log. Printed per URL: server seconds (median
 and worst over the sessions), server CPU seconds, and browser seconds until the page was
 quiet (script done, images loaded).
+
+``--urls`` walks the given views instead of the lesson's; ``--cold`` leaves out the lone
+first walk, so the N sessions meet a server that has computed nothing yet (what a class
+opening the same view at the start of a lesson meets).
 """
 
 from __future__ import annotations
@@ -129,12 +136,12 @@ def print_table(title: str, rows: list[dict]) -> None:
 
 
 async def run(args: argparse.Namespace, base: str, log: Path) -> dict:
-    urls = lesson_urls()
+    urls = args.urls or lesson_urls()
     os.nice(args.client_nice)  # the browsers started below inherit it; the server keeps its own
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         since = time.time()
-        alone = await walk(browser, base, urls, 0, args.timeout)
+        alone = [] if args.cold else await walk(browser, base, urls, 0, args.timeout)
         match(alone, server_seconds(log, since))
         since = time.time()
         started = time.perf_counter()
@@ -149,7 +156,8 @@ async def run(args: argparse.Namespace, base: str, log: Path) -> dict:
                "failed": sum(v["error"] is not None for v in together), "wall_seconds": round(wall, 1),
                "server_p50": float(np.median(every)), "server_p95": float(np.percentile(every, 95)),
                "server_max": max(every), "matched": len(every)}
-    print_table("One visitor alone (first views compute what is shared)", table(alone, urls))
+    if alone:
+        print_table("One visitor alone (first views compute what is shared)", table(alone, urls))
     print_table(f"{args.sessions} visitors at once", table(together, urls))
     print(f"\n{json.dumps(summary)}")
     return {"summary": summary, "alone": table(alone, urls), "together": table(together, urls),
@@ -163,6 +171,9 @@ def main() -> None:
     parser.add_argument("--client-nice", type=int, default=19)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one view may take")
     parser.add_argument("--out", type=Path, help="write every view's figures here as JSON")
+    parser.add_argument("--urls", nargs="+", help="views to open (path and query) instead of the lesson's")
+    parser.add_argument("--cold", action="store_true",
+                        help="no lone first walk: the sessions meet a fresh server")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "timing.jsonl"
