@@ -12,4 +12,5 @@ app_state.run_page(st.navigation([
     st.Page("app_pages/evaluate.py", title="Evaluate", icon=":material/grid_on:"),
     st.Page("app_pages/predict.py", title="Predict", icon=":material/image_search:"),
     st.Page("app_pages/experiments.py", title="Experiments", icon=":material/science:"),
+    st.Page("app_pages/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:"),
 ]))

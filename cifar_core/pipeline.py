@@ -27,7 +27,7 @@ from .training import EpochEvent, EpochRecord, Event, EventHandler, FitResult, T
 def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, run_dir: Path,
               on_event: EventHandler | None = None, stop: threading.Event | None = None,
               preset: str | None = None, subset: int | None = None,
-              channel_order: str = "correct") -> RunMetrics:
+              channel_order: str = "correct", owner: str | None = None) -> RunMetrics:
     """Train, record every epoch in ``run_dir``, evaluate on the test set and keep its
     predictions there too (the Evaluate page draws them at once); returns the metrics.
 
@@ -37,7 +37,7 @@ def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, r
     """
     resolve_device(train_cfg.device)
     with training_lock(run_dir):  # before any write: the folder may be another process's run
-        writer = RunWriter(run_dir, model_cfg, train_cfg, preset, subset, channel_order)
+        writer = RunWriter(run_dir, model_cfg, train_cfg, preset, subset, channel_order, owner)
         torch.manual_seed(train_cfg.seed)  # the initial weights belong to the seeded run too
         model = build_model(model_cfg)
         return _train_and_test(model, train_cfg, data, writer, on_event, stop)

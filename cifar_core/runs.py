@@ -1,6 +1,7 @@
 """The run folder: everything one training run leaves behind.
 
-    RUN_DIR/config.json         {"model": ModelConfig, "train": TrainConfig, "preset", "subset", "created"}
+    RUN_DIR/config.json         {"model": ModelConfig, "train": TrainConfig, "preset", "subset", "created",
+                                "owner" (the name its trainer gave, or null)}
     RUN_DIR/history.csv         epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds
     RUN_DIR/weights.safetensors the weights of the best epoch so far
     RUN_DIR/val_confusion.npy   validation confusion matrix per finished epoch (E, 10, 10)
@@ -45,7 +46,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from .config import TTA, ConfigError, ModelConfig, TrainConfig
+from .config import TTA, ConfigError, ModelConfig, TrainConfig, check_owner
 from .data import DEFAULT_CLASSES
 from .evaluation import Evaluation, predictions_bytes, read_predictions
 from .formatting import format_percent
@@ -236,12 +237,12 @@ class RunWriter:
 
     def __init__(self, path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
                  preset: str | None = None, subset: int | None = None,
-                 channel_order: str = "correct") -> None:
+                 channel_order: str = "correct", owner: str | None = None) -> None:
         self.path = make_run_folder(path)
         self.metrics = RunMetrics(pid=os.getpid(), host=socket.gethostname())
         config = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "preset": preset,
                   "subset": subset, "channel_order": channel_order,
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "owner": check_owner(owner)}
         self._write(CONFIG_FILE, json.dumps(config, indent=2).encode())
         self._write_metrics()
         self.confusions: list[np.ndarray] = []
@@ -421,6 +422,15 @@ class Run:
         return _count(self.config.get("subset")) or None
 
     @property
+    def owner(self) -> str | None:
+        """The name its trainer gave; None when none was given or the stored one is not a valid name."""
+        owner = self.config.get("owner")
+        try:
+            return check_owner(owner) if isinstance(owner, str) else None
+        except ConfigError:
+            return None
+
+    @property
     def created(self) -> str:
         created = self.config.get("created")
         return created if isinstance(created, str) else ""
@@ -445,7 +455,8 @@ class Run:
     def label(self) -> str:
         """How the run is named wherever one is chosen: who it is, what it is, how good."""
         prefix = f"Bundled model '{self.name}'" if self.is_bundled else f"{self.name} ({self.status})"
-        details = [self.preset]
+        details = [self.owner] if self.owner else []
+        details.append(self.preset)
         if self.subset:
             details.append(f"{self.subset:,} images")
         if self.metrics.test_acc is not None:
