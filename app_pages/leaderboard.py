@@ -124,7 +124,8 @@ def board_html(frame: pd.DataFrame) -> str:
                    ("#", "Name", "Preset", "Changed", "Val acc", "Test acc", "Status", "Time"))
     rows = []
     for rank, row in enumerate(frame.itertuples(index=False), start=1):
-        cells = [(str(rank), "num"), (row.name or MISSING, ""), (row.preset, ""), (row.changes, "changes"),
+        cells = [(str(rank), "num"), (row.name or MISSING, ""), (row.preset, ""),
+                 (row.changes or MISSING, "changes"),
                  (format_percent(_value(row.val_acc)), "num"), (format_percent(_value(row.test_acc)), "num"),
                  (row.status, ""), (format_seconds(_value(row.seconds)), "num")]
         tds = "".join(f'<td class="{css}">{html.escape(text)}</td>' for text, css in cells)
@@ -158,7 +159,7 @@ def draw_board(sort: str, preset: str, finished_only: bool) -> None:
 
 st.title("Leaderboard")
 sort, preset, finished_only = view_from_url()
-left, middle, right = st.columns([2, 2, 1], vertical_alignment="bottom")
+left, middle, right = st.columns([3, 2, 1], vertical_alignment="bottom")
 left.segmented_control("Sort", list(SORTS), format_func=SORTS.get, default=sort, key="leaderboard.sort",
                        on_change=keep_in_url, required=True)
 middle.selectbox("Preset", [ALL, *PRESETS], index=[ALL, *PRESETS].index(preset), key="leaderboard.preset",

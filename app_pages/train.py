@@ -99,7 +99,7 @@ def draw_start_controls(data: CifarData, preset: str, model_cfg: ModelConfig, tr
     default_epochs = profile.default_epochs(train_cfg.epochs)
     restore_setting("train.subset", default_subset, n_train)
     restore_setting("train.epochs", default_epochs, 500)
-    name_col, left, middle, right = st.columns([2, 2, 2, 1], vertical_alignment="bottom")
+    name_col, left, middle, right = st.columns(4, vertical_alignment="bottom")
     owner = name_col.text_input(
         "Your name (optional)", key="train.owner", max_chars=OWNER_MAX_LENGTH,
         placeholder="shown with your run", help="Shown with your run in the run lists and on the "

@@ -14,6 +14,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from cifar_core import jobs
 from cifar_core.__main__ import main
 from cifar_core.compare import run_table
 from cifar_core.config import OWNER_MAX_LENGTH, ConfigError, check_owner, get_preset
@@ -181,3 +182,36 @@ def test_leaderboard_lists_every_run_with_its_name_changes_and_accuracy(class_ru
     at.selectbox(key="leaderboard.preset").set_value("quick").run()
     assert at.query_params["preset"] == "quick"
     assert any("No runs yet" in i.value for i in at.info)
+
+
+@pytest.mark.slow  # trains through the app, and stopping a run tests it first
+def test_each_waiting_visitor_sees_their_place_and_name(cifar_env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        no_jobs_left_running: None) -> None:
+    monkeypatch.setattr(jobs, "_registry", JobRegistry(max_jobs=1, torch_threads=1))
+    sessions = []
+    for name in ("Ada", "Ben", "Chloé"):
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.run()
+        at.switch_page("app_pages/train.py")
+        at.run()
+        at.text_input(key="train.owner").set_value(name)
+        at.number_input(key="train.epochs").set_value(300)
+        at.button(key="train.start").click()
+        at.run()
+        assert not at.exception, [e.message for e in at.exception]
+        sessions.append(at)
+    ada, ben, chloe = sessions
+    assert not ada.info, "Ada's run trains at once"
+    assert "by Ben is waiting: **number 1 in the queue**" in ben.info[0].value
+    assert "by Chloé is waiting: **number 2 in the queue**" in chloe.info[0].value
+    assert ben.button(key="train.start").disabled, "one run waiting per visitor"
+
+    bad = AppTest.from_file(APP, default_timeout=60)
+    bad.run()
+    bad.switch_page("app_pages/train.py")
+    bad.run()
+    bad.text_input(key="train.owner").set_value("Eve<script>")
+    bad.button(key="train.start").click()
+    bad.run()
+    assert "a name may hold letters, digits, spaces" in bad.error[0].value
+    assert len(jobs.get_registry().active()) == 3
