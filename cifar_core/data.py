@@ -33,6 +33,7 @@ import urllib.request
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -81,6 +82,11 @@ class CifarData:
     classes: tuple[str, ...]
     source: Path
 
+    @cached_property
+    def test_digests(self) -> np.ndarray:
+        """``image_digests`` of the test images, computed once per dataset in memory."""
+        return image_digests(self.x_test)
+
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(images, labels) of ``train``, ``val`` or ``test``."""
         try:
@@ -88,6 +94,17 @@ class CifarData:
                     "test": (self.x_test, self.y_test)}[name]
         except KeyError:
             raise DataError(f"unknown split {name!r}; choose train, val or test") from None
+
+
+def image_digests(images: np.ndarray) -> np.ndarray:
+    """A 64-bit BLAKE2b digest of each image's pixels, as (N,) uint64.
+
+    It names an image by its content, not its position: predictions stored beside a model
+    find their images in any copy of the test set, whatever its order or file layout
+    (about 0.1 s for 10,000 images)."""
+    rows = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), -1)
+    digests = b"".join(hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in rows)
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
 
 
 # --- the allow-list unpickler -------------------------------------------------

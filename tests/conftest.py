@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -136,14 +137,23 @@ def cifar_env(cifar_root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
 @pytest.fixture(scope="session")
 def real_cifar_root() -> Path:
-    """The real CIFAR-10, built once from ../shared/datasets; skipped where that is absent."""
+    """The real CIFAR-10, built once from ../shared/datasets; skipped where that is absent.
+
+    The cache is rebuilt whenever the source files change (a stamp of their names, sizes and
+    times beside it): a cache built from an earlier copy of the data is never used."""
     builder = SHARED_DATASETS / "build_cifar10.py"
     if not builder.exists():
         pytest.skip(f"real data absent: {builder} not found")
     cache = Path(os.environ.get("CIFAR_REAL_CACHE", Path.home() / ".cache" / "cifar10-lab-real"))
-    if not (cache / "cifar-10-batches-py" / "test_batch").exists():
+    stamp = "\n".join(f"{p.name} {p.stat().st_size} {p.stat().st_mtime_ns}"
+                      for p in sorted(SHARED_DATASETS.iterdir()) if p.is_file())
+    stamp_file = cache / "source.stamp"
+    fresh = stamp_file.exists() and stamp_file.read_text() == stamp
+    if not fresh or not (cache / "cifar-10-batches-py" / "test_batch").exists():
+        shutil.rmtree(cache / "cifar-10-batches-py", ignore_errors=True)
         subprocess.run([sys.executable, str(builder), str(cache)], check=True,
                        stdout=subprocess.DEVNULL)
+        stamp_file.write_text(stamp)
     return cache
 
 

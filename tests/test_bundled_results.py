@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,28 @@ def test_evaluate_save_predictions_stores_what_evaluate_computes(
     capsys.readouterr()
     assert main(["evaluate", str(run_dir), "--split", "val", "--save-predictions"]) == 2
     assert "--save-predictions" in capsys.readouterr().err
+
+
+def test_stored_predictions_serve_the_same_test_images_in_any_order_without_classifying(
+        tiny_run: Path, cifar_root: Path) -> None:
+    import app_state
+
+    run = load_run(tiny_run)
+    data = load_cifar10(cifar_root, download=False)
+    order = np.random.default_rng(1).permutation(len(data.y_test))
+    shuffled = replace(data, x_test=data.x_test[order], y_test=data.y_test[order],
+                       source=Path("shuffled copy"))
+    store = app_state._evaluations()
+    before = store.computations
+    result = app_state.evaluation(run, "test", shuffled)
+    assert store.computations == before  # drawn from the stored predictions
+    fresh = evaluate(run.load_model(), shuffled.x_test, shuffled.y_test, data.classes)
+    assert result.predicted.tolist() == fresh.predicted.tolist()
+    assert result.labels.tolist() == shuffled.y_test.tolist()
+    assert app_state.images_for(result, "test", shuffled) is shuffled.x_test
+    # Other images under the same labels: the stored predictions do not apply to them.
+    other = replace(data, x_test=255 - data.x_test, source=Path("other images"))
+    assert app_state.stored_on_disk(run, run.stored_test_predictions(), other) is None
 
 
 def a_run(name: str, status: str, test_acc: float | None) -> Run:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cifar_core.data import image_digests
 from cifar_core.evaluation import Evaluation, matrix_accuracy, predictions_bytes, read_predictions
 
 CLASSES = ("a", "b", "c")
@@ -15,7 +16,8 @@ def an_evaluation() -> Evaluation:
     labels = np.array([0, 0, 1, 1, 2, 2])
     probabilities = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1],
                               [0.6, 0.3, 0.1], [0.0, 0.4, 0.6], [0.3, 0.3, 0.4]])
-    return Evaluation(labels, probabilities.argmax(1), probabilities, CLASSES)
+    digests = image_digests(np.arange(6 * 12, dtype=np.uint8).reshape(6, 2, 2, 3))
+    return Evaluation(labels, probabilities.argmax(1), probabilities, CLASSES, digests)
 
 
 def test_matrix_accuracy_is_the_diagonal_share() -> None:
@@ -43,6 +45,7 @@ def test_stored_predictions_round_trip_in_float16() -> None:
     assert back.predicted.tolist() == result.predicted.tolist()
     np.testing.assert_allclose(back.probabilities, result.probabilities, atol=1e-3)
     assert back.accuracy == result.accuracy and (back.confusion() == result.confusion()).all()
+    assert back.image_digests.tolist() == result.image_digests.tolist()
 
 
 def test_stored_predictions_of_other_weights_or_views_or_damaged_are_ignored() -> None:
@@ -52,3 +55,38 @@ def test_stored_predictions_of_other_weights_or_views_or_damaged_are_ignored() -
     assert read_predictions(raw[:100], CLASSES, "abc", "flip") is None
     assert read_predictions(b"not a zip", CLASSES, "abc", "flip") is None
     assert read_predictions(raw, ("a", "b"), "abc", "flip") is None  # probabilities of 3 classes
+
+
+def test_a_digest_names_an_image_by_its_pixels_alone() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
+    digests = image_digests(images)
+    assert digests.dtype == np.uint64 and len(set(digests.tolist())) == 50
+    assert image_digests(images[::-1]).tolist() == digests[::-1].tolist()
+    changed = images.copy()
+    changed[7, 31, 31, 2] ^= 1  # one bit of one pixel
+    assert (image_digests(changed) != digests).tolist() == [i == 7 for i in range(50)]
+
+
+def test_stored_predictions_follow_their_images_into_another_order() -> None:
+    result = an_evaluation()
+    order = np.array([3, 0, 5, 1, 4, 2])
+    moved = result.in_order_of(result.image_digests[order], result.labels[order])
+    assert moved is not None
+    assert moved.predicted.tolist() == result.predicted[order].tolist()
+    np.testing.assert_array_equal(moved.probabilities, result.probabilities[order])
+    assert moved.labels.tolist() == result.labels[order].tolist()
+    assert moved.confusion().tolist() == result.confusion().tolist()
+    # A subset in any order matches too; a foreign image or a length mismatch does not.
+    assert result.in_order_of(result.image_digests[[4, 1]], result.labels[[4, 1]]) is not None
+    foreign = result.image_digests[order].copy()
+    foreign[2] += 1
+    assert result.in_order_of(foreign, result.labels[order]) is None
+    assert result.in_order_of(result.image_digests, result.labels[:3]) is None
+
+
+def test_predictions_stored_before_digests_still_read_but_match_by_position_only() -> None:
+    result = an_evaluation()
+    result.image_digests = None
+    back = read_predictions(predictions_bytes(result, "abc", "flip"), CLASSES, "abc", "flip")
+    assert back is not None and back.image_digests is None
+    assert back.in_order_of(np.arange(6, dtype=np.uint64), back.labels) is None

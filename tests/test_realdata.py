@@ -74,3 +74,14 @@ def test_baseline_trained_briefly_beats_the_floor(real_cifar_root: Path, tmp_pat
     assert np.array(metrics["confusion_matrix"]).sum() == 2_500
     assert metrics["test_acc"] >= TEST_ACCURACY_FLOOR
     assert metrics["val_acc"] >= TEST_ACCURACY_FLOOR
+
+
+def test_the_bundled_models_store_their_predictions_in_the_official_test_order(real) -> None:
+    from cifar_core.bundled import bundled_runs
+
+    for run in bundled_runs():
+        stored = run.stored_test_predictions()
+        hint = f"python -m cifar_core evaluate {run.path} --save-predictions --data-dir DIR"
+        assert stored is not None and stored.image_digests is not None, f"{run.name}: run `{hint}`"
+        assert stored.labels.tolist() == real.y_test.tolist(), f"{run.name}: labels not in the official order"
+        assert stored.image_digests.tolist() == real.test_digests.tolist(), f"{run.name}: other test images"
