@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -120,3 +122,18 @@ def test_a_lost_worker_leaves_an_interrupted_run_that_resumes(
     assert snap.status == "finished", snap.error
     run = load_run(run_dir)
     assert run.status == "finished" and [r.epoch for r in run.history] == list(range(1, epochs + 1))
+
+
+def test_the_train_command_runs_as_a_task_on_the_cluster(cluster: RayCluster, cifar_root: Path,
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "CIFAR_RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    result = subprocess.run(
+        [sys.executable, "-m", "cifar_core", "train", "--preset", "quick", "--set", "conv_filters=8,16,16",
+         "--epochs", "1", "--subset", "300", "--name", "Ada", "--data-dir", str(cifar_root),
+         "--out", str(out)],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "training as a Ray task" in result.stdout and "epoch 1/1" in result.stdout
+    run = load_run(out)
+    assert run.status == "finished" and run.owner == "Ada" and run.subset == 300
