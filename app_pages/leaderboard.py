@@ -18,7 +18,7 @@ import streamlit as st
 import app_state
 from cifar_core.compare import run_table
 from cifar_core.config import PRESETS, changes_from_preset
-from cifar_core.formatting import MISSING, format_percent, format_seconds
+from cifar_core.formatting import MISSING, format_images, format_percent, format_seconds
 from cifar_core.jobs import JobSnapshot, get_registry
 from cifar_core.runs import Run, list_runs
 
@@ -36,10 +36,13 @@ table.board tr.active td {background: rgba(255, 200, 0, 0.12);}
 
 
 def changes(run: Run) -> str:
-    """What the run changed from its preset, in a few words."""
+    """What the run changed from its preset, its training images included, in a few words."""
     if run.preset not in PRESETS:
         return "own settings"
     diff = changes_from_preset(run.preset, run.model_config, run.train_config)
+    planned = PRESETS[run.preset].train_images
+    if run.subset != planned:
+        diff.append(f"images: {format_images(planned)} → {format_images(run.subset)}")
     return "; ".join(diff) if diff else "preset as it is"
 
 

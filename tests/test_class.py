@@ -18,7 +18,7 @@ from cifar_core import jobs
 from cifar_core.__main__ import main
 from cifar_core.compare import run_table
 from cifar_core.config import OWNER_MAX_LENGTH, ConfigError, check_owner, get_preset
-from cifar_core.data import CifarData, load_cifar10
+from cifar_core.data import CifarData, load_cifar10, subset
 from cifar_core.jobs import JobLimitError, JobRegistry, expected_starts, machine_slots
 from cifar_core.pipeline import train_run
 from cifar_core.runs import CONFIG_FILE, load_run
@@ -148,13 +148,15 @@ def test_without_a_cluster_address_ray_is_never_imported(tmp_path: Path) -> None
 @pytest.fixture()
 def class_runs(cifar_env: Path, tmp_path: Path, data: CifarData) -> Path:
     """Three finished one-epoch runs of the tiny data: Ada's, Bea's with a smaller batch, and one
-    without a name."""
+    without a name on 200 of its images."""
     root = tmp_path / "runs"
     cfg = replace(PRESET.train, epochs=1)
     for folder, owner, train in (("20260101-000001-baseline", "Ada", cfg),
                                  ("20260101-000002-baseline", "Bea", replace(cfg, batch_size=32)),
                                  ("20260101-000003-baseline", None, cfg)):
-        train_run(PRESET.model, train, data, root / folder, preset="baseline", owner=owner)
+        images = None if owner else 200
+        train_run(PRESET.model, train, data if owner else subset(data, 200), root / folder, preset="baseline",
+                  owner=owner, subset=images)
     return root
 
 
@@ -174,6 +176,7 @@ def test_leaderboard_lists_every_run_with_its_name_changes_and_accuracy(class_ru
     assert len(rows) == 3
     assert ">Ada<" in rows[0] and ">Bea<" in rows[1], "sorted by name, as the URL asked"
     assert ">epochs: 50 → 1<" in rows[0] and ">batch_size: 64 → 32; epochs: 50 → 1<" in rows[1]
+    assert ">epochs: 50 → 1; images: all → 200<" in rows[2]
     assert rows[0].count("%") == 2, "finished: validation and test accuracy"
 
     at.segmented_control(key="leaderboard.sort").set_value("newest").run()
