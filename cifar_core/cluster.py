@@ -24,6 +24,7 @@ How a run travels:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -270,7 +271,8 @@ class RayCluster:
                 raise RunError(f"the cluster lost this run ({_reason(err)}); the epochs it finished "
                                "are kept as an interrupted run that can be resumed") from None
             finally:
-                ray.kill(channel)
+                with contextlib.suppress(RayError):  # gone with its node, say
+                    ray.kill(channel)
             write_shipment(run_dir, final)
         return RunMetrics.from_dict(values)
 

@@ -468,9 +468,9 @@ class JobRegistry:
             return [self._snapshot_locked(job, starts) for job in reversed(self._jobs.values())]
 
     def busy_threads(self) -> int:
-        """Torch threads the running jobs use."""
+        """Torch threads the running jobs use in this process (none while they train on a cluster)."""
         with self._lock:
-            return sum(self._jobs[i].torch_threads for i in self._running)
+            return sum(self._jobs[i].torch_threads for i in self._running if not self._jobs[i].cluster)
 
     def active(self) -> list[JobSnapshot]:
         """Running jobs, then queued ones in the order they will start."""
