@@ -86,8 +86,9 @@ log = logging.getLogger(__name__)
 JobStatus = Literal["queued", "running", "finished", "stopped", "failed"]
 ACTIVE_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
 Phase = Literal["waiting", "preparing", "training", "validating", "testing", "done"]
-# Memory one more concurrent run may need on top of the shared dataset (measured: a
-# `quick` run's process grows by about 0.5 GB while it trains); doubled for headroom.
+# Memory one more concurrent run may need on top of the shared dataset: a whole command-line
+# training process of quick's network, PyTorch and the dataset included, held about 1.1 GB
+# resident, so a run's own share is well under this.
 JOB_MEMORY_BYTES = 1 << 30
 # A training thread's nice value: a page's script run, at 0, gets about nine tenths of a
 # core they both want (Linux's weights for nice 0 and 10 are 1024 and 110).
