@@ -22,8 +22,8 @@ import streamlit as st
 from PIL import Image
 
 from cifar_core.model import LayerRow
+from cifar_core.record import HISTORY_COLUMNS, EpochRecord
 from cifar_core.stats import CHANNELS
-from cifar_core.training import HISTORY_COLUMNS, EpochRecord
 
 P = ParamSpec("P")
 T = TypeVar("T")

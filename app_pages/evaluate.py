@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 import app_state
+import app_views
 from app_figures import (
     comparison_curves_figure,
     confusion_change_figure,
@@ -17,6 +18,7 @@ from app_figures import (
 )
 from cifar_core.compare import config_diff, curves_frame, leaderboard
 from cifar_core.config import IMAGE_SIDE
+from cifar_core.data import DEFAULT_CLASSES
 from cifar_core.evaluation import Evaluation, matrix_accuracy
 from cifar_core.formatting import MISSING, format_images, format_percent, format_setting
 from cifar_core.runs import Run, RunError
@@ -25,6 +27,9 @@ SPLITS = {"val": "Validation", "test": "Test"}
 EVALUABLE = ("finished", "stopped", "interrupted")
 GALLERY_SCALE = 4  # 128-pixel pictures: room under each for its caption
 MISTAKES = "Most confident mistakes"  # the first section under the confusion matrix
+# The sections under the matrix, by their names in a URL (?section=mistakes).
+SECTIONS = {"mistakes": MISTAKES, "per-class": "Per class", "through-training": "Through training"}
+VIEWS = ("One run", "Compare runs")
 
 HELP_SPLIT = (
     "**Validation** images (20% of the training set, never trained on) chose the best epoch "
@@ -295,14 +300,20 @@ def draw_one_run() -> None:
     # One section at a time: each of the other two is a table or several charts that every
     # view would otherwise build and the browser draw (benchmarks/RESULTS.md). The mistakes
     # come first, right under the matrix whose cells pick them.
-    app_state.tabs_drawn_when_open("evaluate.section", {
-        MISTAKES: lambda: draw_mistakes(result, app_state.images_for(result, split, data)),
-        "Per class": lambda: draw_per_class(result),
-        "Through training": lambda: draw_epochs(run, result.classes)})
+    app_state.tabs_drawn_when_open("evaluate.section", dict(zip(SECTIONS.values(), (
+        lambda: draw_mistakes(result, app_state.images_for(result, split, data)),
+        lambda: draw_per_class(result), lambda: draw_epochs(run, result.classes)), strict=True)))
 
 
 st.title("Evaluate")
 st.caption("How well a trained network does on images it never learned from: overall, class by "
            "class, and the mistakes it is surest about; and how runs compare.")
+CLASS_CHOICES = ("any", *DEFAULT_CLASSES)
+app_views.sync("evaluate", tab=app_views.tab("evaluate.view", VIEWS), run=app_views.run("evaluate.run"),
+               split=app_views.choice("evaluate.split", SPLITS),
+               section=app_views.named("evaluate.section", SECTIONS),
+               true=app_views.choice("evaluate.true", CLASS_CHOICES),
+               predicted=app_views.choice("evaluate.predicted", CLASS_CHOICES))
 # Only the open tab is drawn (the comparison reads every run folder).
-app_state.tabs_drawn_when_open("evaluate.view", {"One run": draw_one_run, "Compare runs": draw_comparison})
+app_state.tabs_drawn_when_open("evaluate.view",
+                               dict(zip(VIEWS, (draw_one_run, draw_comparison), strict=True)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+import app_views
 from app_figures import arms_curves_figure, grad_norms_figure
 from app_state import fragment, get_data
 from cifar_core.data import subset
@@ -28,6 +29,7 @@ st.caption(
     "seed, same number of epochs) and lets the numbers decide. Results measured on the real "
     "data ship with the app; **Rerun live** trains the same runs here.")
 
+app_views.sync("experiments", experiment=app_views.choice("experiments.name", EXPERIMENTS))
 shipped = load_results()
 name = st.selectbox("Experiment", list(EXPERIMENTS), format_func=lambda n: EXPERIMENTS[n].title,
                     key="experiments.name")

@@ -11,6 +11,7 @@ import torch
 
 import app_figures as figures
 import app_state
+import app_views
 from cifar_core.config import TTA
 from cifar_core.explain import feature_maps, gradcam, saliency
 from cifar_core.formatting import format_percent
@@ -30,6 +31,8 @@ IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]
 THUMBNAIL = (320, 320)
 THUMBNAIL_QUALITY = 85  # st.image would encode the array at quality 100: 65 KB instead of ~15
 METHODS = ("Grad-CAM", "Saliency (SmoothGrad)")
+UPLOAD, CAMERA, TEST = "Upload your own", "Camera", "Random test images"
+MODES = {"upload": UPLOAD, "camera": CAMERA, "test": TEST}  # by their names in a URL (?mode=camera)
 HELP_EXPLAIN = (
     "**Grad-CAM** asks the last convolution layer which of its feature maps raise the score of a "
     "class, and paints the places where those maps fire: warm colours are where the evidence "
@@ -132,7 +135,25 @@ def draw_uploads(model: torch.nn.Module, classes: tuple[str, ...], tta: TTA,
             "image, before the model sees it. Photos where the object fills the frame work best. "
             "The model only knows its 10 classes, so anything else is forced into one of them.")
         return []
-    pictures = [read_picture(f.name, f.getvalue()) for f in files]
+    return classify_pictures(model, [read_picture(f.name, f.getvalue()) for f in files], classes, tta, top_k)
+
+
+def draw_camera(model: torch.nn.Module, classes: tuple[str, ...], tta: TTA,
+                top_k: int) -> list[tuple[Prediction, str | None]]:
+    """Classify a photo from this device's camera, checked like an upload."""
+    photo = st.camera_input("Show the camera an object, then take a picture", key="predict.camera",
+                            help="The picture stays on this server only while the page shows it.")
+    if photo is None:
+        st.caption("Hold a toy car, a cup or a picture of an animal in front of the camera. The "
+                   "model knows only its 10 classes, so anything else is forced into one of them.")
+        return []
+    return classify_pictures(model, [read_picture(photo.name, photo.getvalue())], classes, tta, top_k)
+
+
+def classify_pictures(model: torch.nn.Module, pictures: list[Picture], classes: tuple[str, ...], tta: TTA,
+                      top_k: int) -> list[tuple[Prediction, str | None]]:
+    """Draw each picture with its prediction (or why it could not be read); returns
+    (prediction, None) for each readable one."""
     predictions = predict_readable(model, [p.pixels for p in pictures], [p.name for p in pictures],
                                    classes, tta)
     for index, (picture, prediction) in enumerate(zip(pictures, predictions, strict=True)):
@@ -251,18 +272,19 @@ def draw_feature_maps(model: torch.nn.Module, prediction: Prediction) -> None:
 
 st.title("Predict")
 st.caption("Show a trained network new pictures and see how sure it is about each class.")
+app_views.sync("predict", run=app_views.run("predict.run"), mode=app_views.named("predict.mode", MODES))
 chosen = draw_model_choice()
 if chosen is not None:
     run, model = chosen
     classes = run.classes
     left, right = st.columns([3, 2])
-    mode = left.radio("Images", ("Upload your own", "Random test images"), horizontal=True,
-                      key="predict.mode")
-    if mode == "Upload your own":
+    mode = left.radio("Images", list(MODES.values()), horizontal=True, key="predict.mode")
+    if mode == TEST:
+        shown = draw_test_images(model, classes, run.train_config.tta)
+    else:
         top_k = right.slider("Classes to show", 1, len(classes), 5, key="predict.top_k",
                              help="How many of the most likely classes each chart lists.")
-        shown = draw_uploads(model, classes, run.train_config.tta, top_k)
-    else:
-        shown = draw_test_images(model, classes, run.train_config.tta)
+        draw = draw_uploads if mode == UPLOAD else draw_camera
+        shown = draw(model, classes, run.train_config.tta, top_k)
     if shown:
         draw_looking_inside(model, shown, classes)

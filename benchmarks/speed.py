@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
-from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -85,8 +84,8 @@ def fixes_stem(preset: Preset) -> bool:
 
 def project_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, steps: int,
                   device: torch.device, memory_format: torch.memory_format,
-                  profile: bool = False, compiled: bool = False) -> float:
-    """Images per second of the project's training step."""
+                  profile: bool = False, compiled: bool = False, warmup: int = 5) -> float:
+    """Images per second of the project's training step, timed after ``warmup`` untimed steps."""
     preset = get_preset(preset_name)
     cfg = preset.train
     bf16 = use_bf16(cfg.precision, device)
@@ -109,7 +108,7 @@ def project_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, st
         loss.backward()
         optimizer.step()
 
-    for _ in range(5):
+    for _ in range(warmup):
         step()
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
@@ -128,8 +127,13 @@ def project_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, st
 
 
 def naive_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, steps: int,
-                device: torch.device) -> float:
-    """Images per second of the textbook loop: DataLoader, per-image transforms, NCHW fp32."""
+                device: torch.device, warmup: int = 5) -> float:
+    """Images per second of the textbook loop: DataLoader, per-image transforms, NCHW fp32;
+    timed after ``warmup`` untimed steps."""
+    # Here, not at the top: torchvision loads torch's compiler stack (seconds of CPU), which
+    # the other measurements, and the scripts that import them, do not need.
+    from torchvision.transforms import v2
+
     preset = get_preset(preset_name)
     model = build_model(preset.model).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3) if preset.train.optimizer == "adam" \
@@ -148,8 +152,8 @@ def naive_steps(preset_name: str, x_train: np.ndarray, y_train: np.ndarray, step
     loader = DataLoader(Augmented(torch.from_numpy(x_train), torch.from_numpy(y_train)),
                         batch_size=preset.train.batch_size, shuffle=True, num_workers=0)
     it = iter(loader)
-    for step in range(steps + 5):
-        if step == 5:
+    for step in range(steps + warmup):
+        if step == warmup:
             synchronize(device)
             start = time.perf_counter()
         x, y = next(it)

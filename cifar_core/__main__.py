@@ -32,7 +32,8 @@ from .inference import ImageError, predict_files
 from .jobs import connect_cluster
 from .model import build_model, summary
 from .pipeline import resume_run, train_run
-from .runs import RunError, RunMetrics, load_run, make_run_folder, new_run_dir
+from .record import RunError, RunMetrics
+from .runs import load_run, make_run_folder, new_run_dir
 from .training import BatchEvent, EpochEvent, Event
 
 USER_ERRORS = (DataError, ConfigError, RunError, ImageError)
@@ -186,7 +187,7 @@ def cmd_resume(args: argparse.Namespace) -> None:
     if blocker:
         raise RunError(blocker)
     started = time.perf_counter()
-    data = load_cifar10(args.data_dir, channel_order=run.channel_order)
+    data = load_cifar10(args.data_dir, channel_order=run.config.channel_order)
     if run.subset:
         data = subset(data, run.subset, seed=run.train_config.seed)
     epochs = run.train_config.epochs

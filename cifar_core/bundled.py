@@ -7,7 +7,8 @@ the commands.
 
 from __future__ import annotations
 
-from .runs import MODELS_DIR, Run, RunError, load_run
+from .record import RunError
+from .runs import MODELS_DIR, Run, load_run
 
 PREFERRED = ("best", "fast", "baseline")
 

@@ -42,8 +42,10 @@ from ray.exceptions import RayError, RayTaskError
 
 from .config import ModelConfig, TrainConfig
 from .data import CifarData, subset
+from .liveness import training_lock
 from .pipeline import resume_run, train_run
-from .runs import CHECKPOINT_FILE, METRICS_FILE, RunError, RunMetrics, atomic_write, training_lock
+from .record import CHECKPOINT_FILE, METRICS_FILE, RunError, RunMetrics
+from .runs import atomic_write
 from .training import BatchEvent, EpochEvent, Event, EventHandler
 
 REPORT_SECONDS = 0.5

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from .formatting import MISSING
 from .runs import Run
 
 RUN_TABLE_COLUMNS = ("run", "owner", "preset", "status", "val_acc", "test_acc", "epochs", "best_epoch",
@@ -32,11 +31,11 @@ def flat_config(run: Run) -> dict[str, object]:
     Lists (filters, dropout rates) become tuples so they compare and hash like values.
     """
     flat: dict[str, object] = {}
-    for section in ("model", "train"):
-        for key, value in (run.config.get(section) or {}).items():
+    for section, config in (("model", run.model_config), ("train", run.train_config)):
+        for key, value in config.to_dict().items():
             flat[f"{section}.{key}"] = tuple(value) if isinstance(value, list) else value
-    flat["preset"] = run.config.get("preset")
-    flat["subset"] = run.config.get("subset")
+    flat["preset"] = run.config.preset
+    flat["subset"] = run.config.subset
     return flat
 
 
@@ -44,17 +43,15 @@ def config_diff(runs: Sequence[Run]) -> pd.DataFrame:
     """The settings whose values differ between ``runs``: one row per setting, one column per run.
 
     Rows are in the order of the configuration (model, train, preset, subset); a
-    setting one run lacks (an older run folder) shows as "—". Fewer than two runs,
-    or runs that agree on everything, give an empty frame with the runs as columns.
+    setting an older run folder lacks shows the default it was read back with, which is
+    what rebuilding that run uses. Fewer than two runs, or runs that agree on everything,
+    give an empty frame with the runs as columns.
     """
     names = run_names(runs)
     flats = [flat_config(run) for run in runs]
-    keys: list[str] = []
-    for flat in flats:
-        keys += [k for k in flat if k not in keys]
-    differing = [k for k in keys
-                 if len({_hashable(flat.get(k, MISSING)) for flat in flats}) > 1]
-    frame = pd.DataFrame({name: [flat.get(k, MISSING) for k in differing]
+    keys = list(flats[0]) if flats else []
+    differing = [k for k in keys if len({_hashable(flat[k]) for flat in flats}) > 1]
+    frame = pd.DataFrame({name: [flat[k] for k in differing]
                           for name, flat in zip(names, flats, strict=True)},
                          index=pd.Index(differing, name="setting"), dtype=object)
     return frame

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal, get_args, get_origin, get_type_hints
@@ -43,6 +44,81 @@ STEM_CHANNELS = 24
 
 class ConfigError(ValueError):
     """A configuration value is out of range or unknown."""
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The values a numeric setting accepts, ``low`` to ``high``, and how a widget offers them.
+
+    ``open`` names an end that is itself refused (a learning rate must be above 0). A
+    widget moves by ``step`` over ``offered`` where that is narrower than what is accepted:
+    an open end needs a nearest value, and a slider over all of [0, 1) hides the useful part.
+    """
+
+    low: float
+    high: float
+    step: float | None = None
+    open: Literal["low", "high"] | None = None
+    offered: tuple[float, float] | None = None
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.open == "low" else value >= self.low
+        below = value < self.high if self.open == "high" else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        low, high = (f"{v:g}" if isinstance(v, float) else str(v) for v in (self.low, self.high))
+        if self.high == math.inf:
+            return f"{'>' if self.open == 'low' else '>='} {low}"
+        if self.open is None:
+            return f"{low}..{high}"
+        return f"in {'(' if self.open == 'low' else '['}{low}, {high}{')' if self.open == 'high' else ']'}"
+
+    @property
+    def widget_range(self) -> tuple[float, float]:
+        """The lowest and highest value a widget offers."""
+        return self.offered or (self.low, self.high)
+
+
+# The limits of every numeric setting, for validation and the Model page's widgets alike.
+# ``blocks`` and ``dense_layers`` count the entries of conv_filters and dense_units; ``filters``,
+# ``units`` and ``dropout`` hold for each entry of conv_filters, dense_units and both dropouts.
+# Integer settings have integer limits and float settings float ones (a widget keeps the type).
+LIMITS: dict[str, Limit] = {
+    "blocks": Limit(1, 6),
+    "filters": Limit(1, 1024, step=16),
+    "convs_per_block": Limit(1, 4),
+    "dense_layers": Limit(0, 4),
+    "units": Limit(1, 4096, step=16),
+    "dropout": Limit(0.0, 1.0, step=0.05, open="high", offered=(0.0, 0.9)),
+    "bn_momentum": Limit(0.0, 1.0, step=0.05, open="low", offered=(0.01, 1.0)),
+    "logit_scale": Limit(0.0, 10.0, step=0.01, open="low", offered=(0.01, 10.0)),
+    "lr": Limit(0.0, 10.0, step=1e-4, open="low", offered=(1e-5, 10.0)),
+    "momentum": Limit(0.0, 1.0, step=0.01, open="high", offered=(0.0, 0.99)),
+    "adam_eps": Limit(0.0, 1.0, step=1e-8, open="low", offered=(1e-10, 1e-3)),
+    "weight_decay": Limit(0.0, math.inf, step=1e-4, offered=(0.0, 0.1)),
+    "bias_lr_scale": Limit(1.0, 1000.0, step=1.0),
+    "batch_size": Limit(1, 4096),
+    "epochs": Limit(1, 500),
+    "label_smoothing": Limit(0.0, 1.0, step=0.05, open="high", offered=(0.0, 0.5)),
+    "patience": Limit(1, math.inf, offered=(1, 100)),
+    "stem_bias_epochs": Limit(0, 500),
+    "seed": Limit(0, 2**31 - 1),
+}
+
+
+def _check_limit(name: str, values: float | tuple, what: str | None = None) -> None:
+    """ConfigError unless ``values`` (one, or each of a tuple) lie within ``LIMITS[name]``."""
+    limit = LIMITS[name]
+    if not all(v in limit for v in (values if isinstance(values, tuple) else (values,))):
+        raise ConfigError(f"{what or name} must be {limit}")
+
+
+def _check_scalar_limits(config: object) -> None:
+    """Every field of ``config`` that LIMITS names lies within its limit."""
+    for f in fields(config):
+        if f.name in LIMITS:
+            _check_limit(f.name, getattr(config, f.name))
 
 
 def _check(checks: list[tuple[bool, str]]) -> None:
@@ -104,17 +180,13 @@ class ModelConfig:
 
     def validate(self) -> None:
         _check_choices(self)
-        _check([
-            (1 <= len(self.conv_filters) <= 6, "conv_filters needs 1 to 6 blocks"),
-            (all(1 <= f <= 1024 for f in self.conv_filters), "conv filters must be 1..1024"),
-            (1 <= self.convs_per_block <= 4, "convs_per_block must be 1..4"),
-            (self.kernel_size in KERNEL_SIZES, "kernel_size must be 1, 3, 5 or 7"),
-            (all(1 <= u <= 4096 for u in self.dense_units), "dense units must be 1..4096"),
-            (0 < self.logit_scale <= 10, "logit_scale must be in (0, 10]"),
-            (0 < self.bn_momentum <= 1, "bn_momentum must be in (0, 1]"),
-            (all(0 <= p < 1 for p in self.conv_dropout + self.dense_dropout),
-             "dropout rates must be in [0, 1)"),
-        ])
+        _check_limit("blocks", len(self.conv_filters), "conv_filters: the number of blocks")
+        _check_limit("filters", self.conv_filters, "conv filters")
+        _check_limit("dense_layers", len(self.dense_units), "dense_units: the number of layers")
+        _check_limit("units", self.dense_units, "dense units")
+        _check_limit("dropout", self.conv_dropout + self.dense_dropout, "dropout rates")
+        _check_scalar_limits(self)
+        _check([(self.kernel_size in KERNEL_SIZES, "kernel_size must be 1, 3, 5 or 7")])
         if self.feature_size() <= 0:
             raise ConfigError("the feature map shrinks to nothing: use padding='same', a "
                               "smaller kernel or fewer blocks")
@@ -212,17 +284,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self)
-        _check([
-            (0 < self.lr <= 10, "lr must be in (0, 10]"),
-            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (1 <= self.bias_lr_scale <= 1000, "bias_lr_scale must be 1..1000"),
-            (1 <= self.batch_size <= 4096, "batch_size must be 1..4096"),
-            (1 <= self.epochs <= 500, "epochs must be 1..500"),
-            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
-            (self.patience >= 1, "patience must be >= 1"),
-            (0 <= self.stem_bias_epochs <= 500, "stem_bias_epochs must be 0..500"),
-        ])
+        _check_scalar_limits(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

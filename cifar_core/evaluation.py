@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -94,44 +92,6 @@ class Evaluation:
 def matrix_accuracy(matrix: np.ndarray) -> float:
     """The share of right answers in a confusion matrix: its diagonal over its total."""
     return float(np.trace(matrix) / max(matrix.sum(), 1))
-
-
-def predictions_bytes(result: Evaluation, weights_digest: str, tta: TTA) -> bytes:
-    """A split's predictions, small enough to ship beside a model: probabilities in float16
-    (10,000 x 10 is 200 KB), true and predicted classes as uint8, and what made them (the
-    digest of the weights, the test-time augmentation) and each image's content digest (80 KB
-    for 10,000), in one compressed .npz that loads without pickle."""
-    digests = {} if result.image_digests is None else {"image_digests": result.image_digests.astype("<u8")}
-    out = io.BytesIO()
-    np.savez_compressed(out, probabilities=result.probabilities.astype(np.float16),
-                        labels=result.labels.astype(np.uint8),
-                        predicted=result.predicted.astype(np.uint8),
-                        weights_sha256=np.array(weights_digest), tta=np.array(tta), **digests)
-    return out.getvalue()
-
-
-def read_predictions(raw: bytes, classes: tuple[str, ...], weights_digest: str,
-                     tta: TTA) -> Evaluation | None:
-    """Stored predictions as an Evaluation, or None when they are unreadable, malformed or
-    were made otherwise than by the weights of ``weights_digest`` (a model retrained since)
-    with the test-time augmentation ``tta``."""
-    try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as stored:
-            if (str(stored["weights_sha256"]), str(stored["tta"])) != (weights_digest, tta):
-                return None
-            probabilities = stored["probabilities"].astype(np.float32)
-            labels, predicted = stored["labels"].astype(np.int64), stored["predicted"].astype(np.int64)
-            # Files written before the digests were kept match the data by position only.
-            digests = stored["image_digests"].astype(np.uint64) if "image_digests" in stored else None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
-    n = len(classes)
-    rows = (len(probabilities),)
-    if probabilities.ndim != 2 or probabilities.shape[1] != n or not rows[0] or \
-            labels.shape != rows or predicted.shape != rows or max(labels.max(), predicted.max()) >= n or \
-            (digests is not None and digests.shape != rows):
-        return None
-    return Evaluation(labels, predicted, probabilities, tuple(classes), digests)
 
 
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],

@@ -21,8 +21,8 @@ import pandas as pd
 
 from .config import ModelConfig, TrainConfig, apply_overrides, get_preset
 from .data import CifarData, as_presented_images
+from .record import EpochRecord
 from .runs import Run
-from .training import EpochRecord
 
 RESULTS_FILE = Path(__file__).resolve().parent.parent / "experiments" / "results.json"
 

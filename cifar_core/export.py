@@ -40,7 +40,8 @@ from torch import nn
 
 from .config import TTA
 from .model import tta_logits
-from .runs import HISTORY_FILE, WEIGHTS_FILE, Run, RunError
+from .record import HISTORY_FILE, WEIGHTS_FILE, RunError
+from .runs import Run
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

@@ -75,8 +75,9 @@ from .config import ModelConfig, TrainConfig, check_owner
 from .data import CifarData, DataError, subset
 from .deployment import cpu_quota, current_profile
 from .pipeline import resume_run, train_run
-from .runs import Run, RunError, RunMetrics, default_runs_root, new_run_dir
-from .training import BatchEvent, EpochEvent, EpochRecord, Event
+from .record import EpochRecord, RunError, RunMetrics
+from .runs import Run, default_runs_root, new_run_dir
+from .training import BatchEvent, EpochEvent, Event
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -429,8 +430,8 @@ class JobRegistry:
         blocker = run.resume_blocker()
         if blocker:
             raise RunError(blocker)
-        if run.channel_order != "correct":
-            raise RunError(f"{run.name} was trained on images read as {run.channel_order}; "
+        if run.config.channel_order != "correct":
+            raise RunError(f"{run.name} was trained on images read as {run.config.channel_order}; "
                            "resume it from the command line")
         with self._lock:
             active = [job for job in self._jobs.values() if job.status in ACTIVE_STATUSES]

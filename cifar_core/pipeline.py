@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, check_owner
 from .data import CifarData
 from .devices import resolve_device
 from .evaluation import evaluate
+from .liveness import training_lock
 from .model import build_model
-from .runs import Run, RunError, RunMetrics, RunWriter, load_run, read_checkpoint, training_lock
-from .training import EpochEvent, EpochRecord, Event, EventHandler, FitResult, TrainingState, fit
+from .record import CHECKPOINT_FILE, EpochRecord, RunConfig, RunError, RunMetrics
+from .runs import ResumePoint, Run, RunWriter, load_run, make_run_folder, read_checkpoint
+from .training import EpochEvent, Event, EventHandler, FitResult, TrainingState, fit
 
 
 def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, run_dir: Path,
@@ -30,14 +32,18 @@ def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, r
               channel_order: str = "correct", owner: str | None = None) -> RunMetrics:
     """Train, record every epoch in ``run_dir``, evaluate on the test set and keep its
     predictions there too (the Evaluate page draws them at once); returns the metrics.
+    ``owner``, the display name of whoever started the run, is kept in its config.json.
 
     A run stopped by the user is still tested and saved (status ``stopped``); an
     exception marks the folder ``interrupted`` and propagates. A device this machine lacks
     raises ConfigError before the folder exists, so it leaves no run behind.
     """
     resolve_device(train_cfg.device)
-    with training_lock(run_dir):  # before any write: the folder may be another process's run
-        writer = RunWriter(run_dir, model_cfg, train_cfg, preset, subset, channel_order, owner)
+    owner = check_owner(owner)  # a bad name, like a missing device, before the folder exists
+    # The lock before any write: the folder may be another process's run.
+    with training_lock(make_run_folder(run_dir)):
+        config = RunConfig(model_cfg, train_cfg, preset, subset, channel_order, owner=owner)
+        writer = RunWriter(run_dir, config)
         torch.manual_seed(train_cfg.seed)  # the initial weights belong to the seeded run too
         model = build_model(model_cfg)
         return _train_and_test(model, train_cfg, data, writer, on_event, stop)
@@ -53,7 +59,7 @@ def resume_run(run_dir: str | os.PathLike, data: CifarData, on_event: EventHandl
     path = _resumable(run_dir).path
     with training_lock(path):
         run = _resumable(path)  # again: another process may have resumed it in between
-        state = read_checkpoint(run.path)
+        state = read_training_state(run.path)
         cfg = run.train_config
         if state.epoch >= cfg.epochs:
             raise RunError(f"{run.path}: all {cfg.epochs} planned epochs are done; "
@@ -63,12 +69,27 @@ def resume_run(run_dir: str | os.PathLike, data: CifarData, on_event: EventHandl
                            f"{state.val_images:,}); this data has {len(data.y_train):,} "
                            f"({len(data.y_val):,}): is it the same dataset?")
         resolve_device(cfg.device)  # before reopening: a run that cannot go on here keeps its record
-        writer = RunWriter.reopen(run, state)
+        writer = RunWriter.reopen(run, resume_point(state, cfg))
         model = build_model(run.model_config)
         try:
             return _train_and_test(model, cfg, data, writer, on_event, stop, state)
         except ValueError as err:  # the saved state does not fit this model or data
             raise RunError(f"{run.path}: cannot resume: {err}") from None
+
+
+def read_training_state(run_dir: Path) -> TrainingState:
+    """The training state a run's checkpoint holds; ``RunError`` when it is missing or unusable."""
+    try:
+        return TrainingState.from_state_dict(read_checkpoint(run_dir))
+    except ValueError as err:
+        raise RunError(f"{Path(run_dir) / CHECKPOINT_FILE}: not a usable checkpoint ({err})") from None
+
+
+def resume_point(state: TrainingState, cfg: TrainConfig) -> ResumePoint:
+    """What the run folder holds when training goes on from ``state``."""
+    if cfg.restore_best:
+        return ResumePoint(state.history, state.best_state, state.stopping.best_epoch)
+    return ResumePoint(state.history, state.model, state.epoch)
 
 
 def _resumable(run_dir: str | os.PathLike) -> Run:
@@ -94,7 +115,7 @@ def _train_and_test(model: torch.nn.Module, cfg: TrainConfig, data: CifarData, w
 
     try:
         result: FitResult = fit(model, data, cfg, record, stop, resume=resume,
-                                on_state=writer.save_checkpoint)
+                                on_state=lambda state: writer.save_checkpoint(state.state_dict()))
         if not result.history:
             writer.finish("stopped", train_seconds=result.train_seconds)
             return writer.metrics

@@ -1,31 +1,20 @@
-"""The run folder: everything one training run leaves behind.
+"""Run folders: write one as training goes, read it back, list them, pick one.
 
-    RUN_DIR/config.json         {"model": ModelConfig, "train": TrainConfig, "preset", "subset", "created",
-                                "owner" (the name its trainer gave, or null)}
-    RUN_DIR/history.csv         epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds
-    RUN_DIR/weights.safetensors the weights of the best epoch so far
-    RUN_DIR/val_confusion.npy   validation confusion matrix per finished epoch (E, 10, 10)
-    RUN_DIR/metrics.json        status, best_epoch, val_acc, test_acc, images_per_second,
-                                train_seconds, confusion_matrix (test; rows true), ...
-    RUN_DIR/checkpoint.pt       the training state after the last complete epoch (until the
-                                run finishes): what ``train --resume`` goes on from
-    RUN_DIR/.lock               locked by the process training in the folder (``training_lock``)
-
-Every file is written to a temporary name in the same folder and renamed over the old
-one, so a crash at any instant leaves the previous complete state readable. A run whose
-metrics say ``running`` but whose process is gone is reported as ``interrupted``; so is one
-whose process lives on (the app) but whose writer ended without being able to record that.
+What each file holds is ``record``'s; whether its writer is alive is ``liveness``'. Every
+file is written to a temporary name in the same folder and renamed over the old one, so a
+crash at any instant leaves the previous complete state readable. A run whose metrics say
+``running`` but whose process is gone is reported as ``interrupted``; so is one whose
+process lives on (the app) but whose writer ended without being able to record that.
 
 The checkpoint is written last in each epoch, so the other files are at most one epoch
 ahead of it; a resume cuts them back to it. It holds only tensors, dicts, lists,
-numbers and strings and is read with ``torch.load(weights_only=True)``: a file that
-asks for anything else is refused, never unpickled.
+numbers and strings (a training state as plain values; ``pipeline`` converts) and is read
+with ``torch.load(weights_only=True)``: a file that asks for anything else is refused,
+never unpickled.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import functools
 import hashlib
 import io
@@ -34,11 +23,9 @@ import os
 import pickle
 import socket
 import tempfile
-import threading
 import time
 import zipfile
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,88 +33,34 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from . import liveness
 from .config import TTA, ConfigError, ModelConfig, TrainConfig, check_owner
 from .data import DEFAULT_CLASSES
-from .evaluation import Evaluation, predictions_bytes, read_predictions
+from .evaluation import Evaluation
 from .formatting import format_percent
 from .model import CifarCNN, build_model
-from .training import HISTORY_COLUMNS, EpochRecord, TrainingState
+from .record import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    CONFUSION_FILE,
+    GRAD_NORMS_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    WEIGHTS_FILE,
+    EpochRecord,
+    RunConfig,
+    RunError,
+    RunMetrics,
+    StoredPredictions,
+    grad_norms_csv,
+    history_csv,
+    read_grad_norms,
+    read_history,
+)
 
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "history.csv"
-WEIGHTS_FILE = "weights.safetensors"
-METRICS_FILE = "metrics.json"
-CONFUSION_FILE = "val_confusion.npy"
-GRAD_NORMS_FILE = "grad_norms.csv"
-CHECKPOINT_FILE = "checkpoint.pt"
-LOCK_FILE = ".lock"
-# The test set's predictions, shipped with the bundled models so Evaluate needs neither the
-# data nor a minute of CPU: `python -m cifar_core evaluate RUN_DIR --save-predictions`.
-PREDICTIONS_FILE = "test_predictions.npz"
 # The pretrained runs shipped with the project (cifar_core.bundled lists them).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-
-
-class RunError(Exception):
-    """A run folder is missing, unreadable or not a run."""
-
-
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-@dataclass(frozen=True)
-class RunMetrics:
-    """metrics.json: how a run went. Figures it has not reached yet are None.
-
-    Read back leniently (a value of the wrong type counts as missing), so a damaged or
-    older file still lists. Accuracies are fractions in [0, 1].
-    """
-
-    status: str = "running"
-    best_epoch: int = 0
-    val_acc: float | None = None
-    test_acc: float | None = None
-    images_per_second: float | None = None
-    train_seconds: float | None = None
-    confusion_matrix: list[list[int]] | None = None  # test set; rows true, columns predicted
-    # Written once known; absent from the file until then.
-    epochs_run: int | None = None
-    stopped_early: bool | None = None
-    seconds_per_epoch: float | None = None
-    classes: tuple[str, ...] | None = None
-    pid: int | None = None  # of the process writing a running run
-    host: str | None = None
-
-    def to_dict(self) -> dict:
-        values = asdict(self)
-        if self.classes is not None:
-            values["classes"] = list(self.classes)
-        return {k: v for k, v in values.items() if v is not None or k not in _WRITTEN_ONCE_KNOWN}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> RunMetrics:
-        status, classes, stopped_early = (values.get(k) for k in ("status", "classes", "stopped_early"))
-        return cls(
-            status=status if isinstance(status, str) else "interrupted",
-            best_epoch=_count(values.get("best_epoch")) or 0,
-            val_acc=_number(values.get("val_acc")), test_acc=_number(values.get("test_acc")),
-            images_per_second=_number(values.get("images_per_second")),
-            train_seconds=_number(values.get("train_seconds")),
-            confusion_matrix=values.get("confusion_matrix"),
-            epochs_run=_count(values.get("epochs_run")),
-            stopped_early=stopped_early if isinstance(stopped_early, bool) else None,
-            seconds_per_epoch=_number(values.get("seconds_per_epoch")),
-            classes=tuple(str(c) for c in classes) if isinstance(classes, list) else None,
-            pid=_count(values.get("pid")),
-            host=values.get("host") if isinstance(values.get("host"), str) else None)
-
-
-_WRITTEN_ONCE_KNOWN = {"epochs_run", "stopped_early", "seconds_per_epoch", "classes", "pid", "host"}
 
 
 def default_runs_root() -> Path:
@@ -148,38 +81,6 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def history_csv(history: list[EpochRecord]) -> bytes:
-    """history.csv: one row per finished epoch, in HISTORY_COLUMNS order."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(HISTORY_COLUMNS)
-    for r in history:
-        writer.writerow([r.epoch, f"{r.train_loss:.6f}", f"{r.train_acc:.6f}", f"{r.val_loss:.6f}",
-                         f"{r.val_acc:.6f}", f"{r.lr:.8g}", f"{r.seconds:.3f}"])
-    return out.getvalue().encode()
-
-
-# Run folders whose writer in this process ended without recording it on disk (the last
-# write failed: disk full, folder gone). Their metrics.json still says "running" under this
-# live process's pid; without this set they would show as running until a restart.
-_ended_unrecorded: set[Path] = set()
-_ended_lock = threading.Lock()
-
-
-def _folder_key(path: Path) -> Path:
-    return Path(path).resolve()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def make_run_folder(path: str | os.PathLike) -> Path:
     path = Path(path)
     try:
@@ -189,72 +90,33 @@ def make_run_folder(path: str | os.PathLike) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def training_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir`` while this process trains in it; ``RunError`` at once when another
-    process, or another thread here, holds it.
+@dataclass(frozen=True)
+class ResumePoint:
+    """What a checkpoint says the folder should hold when training goes on from it: the
+    finished epochs, the weights to keep and the epoch they are from (0: none yet)."""
 
-    The status check (a pid in metrics.json) cannot tell apart two resumes started at the
-    same moment; this lock can. The operating system drops it when its holder ends, however
-    it ends, so a killed run never leaves a stale lock.
-    """
-    folder = make_run_folder(run_dir)
-    try:
-        handle = open(folder / LOCK_FILE, "a+b")
-    except OSError as err:
-        raise RunError(f"cannot lock {folder}: {err.strerror}") from None
-    with handle:
-        try:
-            _lock(handle.fileno())
-        except OSError:
-            raise RunError(f"{run_dir} is being trained by another process right now") from None
-        try:
-            yield
-        finally:
-            _unlock(handle.fileno())
-
-
-if os.name == "nt":
-    import msvcrt
-
-    def _lock(fd: int) -> None:
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-
-    def _unlock(fd: int) -> None:
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-else:
-    import fcntl
-
-    def _lock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+    history: list[EpochRecord]
+    weights: dict[str, torch.Tensor]
+    best_epoch: int
 
 
 class RunWriter:
     """Writes one run folder as training goes."""
 
-    def __init__(self, path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                 preset: str | None = None, subset: int | None = None,
-                 channel_order: str = "correct", owner: str | None = None) -> None:
+    def __init__(self, path: Path, config: RunConfig) -> None:
         self.path = make_run_folder(path)
         self.metrics = RunMetrics(pid=os.getpid(), host=socket.gethostname())
-        config = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "preset": preset,
-                  "subset": subset, "channel_order": channel_order,
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "owner": check_owner(owner)}
-        self._write(CONFIG_FILE, json.dumps(config, indent=2).encode())
+        self._write(CONFIG_FILE, json.dumps(config.to_dict(), indent=2).encode())
         self._write_metrics()
         self.confusions: list[np.ndarray] = []
         self.grad_norms: list[dict[str, float]] = []
-        with _ended_lock:
-            _ended_unrecorded.discard(_folder_key(self.path))
+        liveness.writer_started(self.path)
 
     @classmethod
-    def reopen(cls, run: Run, state: TrainingState) -> RunWriter:
-        """Go on writing ``run`` from its checkpoint ``state``: the files that went past the
+    def reopen(cls, run: Run, point: ResumePoint) -> RunWriter:
+        """Go on writing ``run`` from its checkpoint's ``point``: the files that went past the
         checkpoint's epoch are cut back to it, and the run is marked running by this process."""
-        epochs = state.epoch
+        epochs = len(point.history)
         confusions = run.val_confusions() if epochs else None
         if len(run.history) < epochs or (epochs and (confusions is None or len(confusions) < epochs)):
             raise RunError(f"{run.path}: its files are behind its checkpoint ({epochs} epochs)")
@@ -263,21 +125,18 @@ class RunWriter:
         writer.metrics = RunMetrics(pid=os.getpid(), host=socket.gethostname())
         writer.confusions = list(confusions[:epochs]) if confusions is not None else []
         writer.grad_norms = [row for row in run.grad_norms() if row["epoch"] <= epochs]
-        with _ended_lock:  # running again in this process
-            _ended_unrecorded.discard(_folder_key(run.path))
+        liveness.writer_started(run.path)
         if not epochs:
             for name in (WEIGHTS_FILE, CONFUSION_FILE, GRAD_NORMS_FILE, HISTORY_FILE):
                 (writer.path / name).unlink(missing_ok=True)
             writer._write_metrics()
             return writer
-        weights = state.best_state if run.train_config.restore_best else state.model
-        writer._write(WEIGHTS_FILE, save_weights_bytes(weights))
+        writer._write(WEIGHTS_FILE, save_weights_bytes(point.weights))
         writer._write(CONFUSION_FILE, _npy_bytes(np.stack(writer.confusions)))
         if writer.grad_norms:
-            writer._write(GRAD_NORMS_FILE, _csv_bytes(writer.grad_norms))
-        best_epoch = state.stopping.best_epoch if run.train_config.restore_best else epochs
-        writer._write(HISTORY_FILE, history_csv(state.history))
-        writer._progress(state.history, best_epoch)
+            writer._write(GRAD_NORMS_FILE, grad_norms_csv(writer.grad_norms))
+        writer._write(HISTORY_FILE, history_csv(point.history))
+        writer._progress(point.history, point.best_epoch)
         return writer
 
     def _write_metrics(self) -> None:
@@ -296,7 +155,7 @@ class RunWriter:
         self.confusions.append(val_confusion)
         if grad_norms:
             self.grad_norms.append({"epoch": history[-1].epoch, **grad_norms})
-            self._write(GRAD_NORMS_FILE, _csv_bytes(self.grad_norms))
+            self._write(GRAD_NORMS_FILE, grad_norms_csv(self.grad_norms))
         if best_state is not None:
             self._write(WEIGHTS_FILE, save_weights_bytes(best_state))
         self._write(CONFUSION_FILE, _npy_bytes(np.stack(self.confusions)))
@@ -309,9 +168,9 @@ class RunWriter:
                                epochs_run=len(history))
         self._write_metrics()
 
-    def save_checkpoint(self, state: TrainingState) -> None:
-        """The training state to resume from; written after the epoch's other files."""
-        self._write(CHECKPOINT_FILE, checkpoint_bytes(state))
+    def save_checkpoint(self, values: dict) -> None:
+        """The training state to resume from, as plain values; written after the epoch's other files."""
+        self._write(CHECKPOINT_FILE, checkpoint_bytes(values))
 
     def discard_checkpoint(self) -> None:
         """A finished run is not resumed: its checkpoint (several times the weights) goes."""
@@ -324,8 +183,7 @@ class RunWriter:
             self._write_metrics()
         except RunError:
             # The run has ended all the same: say so in this process, where the pid still lives.
-            with _ended_lock:
-                _ended_unrecorded.add(_folder_key(self.path))
+            liveness.writer_ended_unrecorded(self.path)
             raise
 
     def save_weights(self, state: dict[str, torch.Tensor]) -> None:
@@ -342,16 +200,10 @@ class RunWriter:
 def write_test_predictions(folder: Path, result: Evaluation, tta: TTA) -> Path:
     """``result``, made by the weights in ``folder`` with ``tta``, stored beside them."""
     path = folder / PREDICTIONS_FILE
-    atomic_write(path, predictions_bytes(result, _weights_digest(folder), tta))
+    stored = StoredPredictions(result.labels, result.predicted, result.probabilities, result.image_digests,
+                               _weights_digest(folder), tta)
+    atomic_write(path, stored.to_bytes())
     return path
-
-
-def _csv_bytes(rows: list[dict]) -> bytes:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue().encode()
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -364,14 +216,15 @@ def save_weights_bytes(state: dict[str, torch.Tensor]) -> bytes:
     return save({k: v.detach().cpu().contiguous() for k, v in state.items()})
 
 
-def checkpoint_bytes(state: TrainingState) -> bytes:
+def checkpoint_bytes(values: dict) -> bytes:
     out = io.BytesIO()
-    torch.save(state.state_dict(), out)
+    torch.save(values, out)
     return out.getvalue()
 
 
-def read_checkpoint(run_dir: Path) -> TrainingState:
-    """The training state saved in ``run_dir``; ``RunError`` when it is missing or unusable.
+def read_checkpoint(run_dir: Path) -> dict:
+    """The training state saved in ``run_dir`` as plain values; ``RunError`` when it is
+    missing or unreadable.
 
     ``weights_only=True``: only tensors and plain data are rebuilt; a file that asks for
     any other object is refused, and there is no fallback to full unpickling.
@@ -391,10 +244,9 @@ def read_checkpoint(run_dir: Path) -> TrainingState:
     except Exception as err:  # a damaged or foreign file fails in many ways; all mean the same
         detail = " ".join(str(err).split())[:200]
         raise RunError(f"{path}: not a readable checkpoint ({detail})") from None
-    try:
-        return TrainingState.from_state_dict(values)
-    except ValueError as err:
-        raise RunError(f"{path}: not a usable checkpoint ({err})") from None
+    if not isinstance(values, dict):
+        raise RunError(f"{path}: not a usable checkpoint (not a training state)")
+    return values
 
 
 @dataclass
@@ -402,9 +254,7 @@ class Run:
     """A run folder read back: its settings, history, figures and (on demand) its model."""
 
     path: Path
-    model_config: ModelConfig
-    train_config: TrainConfig
-    config: dict  # config.json as written; compare.flat_config shows settings older runs lack
+    config: RunConfig
     history: list[EpochRecord]
     metrics: RunMetrics
 
@@ -413,27 +263,33 @@ class Run:
         return self.path.name
 
     @property
+    def model_config(self) -> ModelConfig:
+        return self.config.model
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return self.config.train
+
+    @property
     def preset(self) -> str:
-        return self.config.get("preset") or "custom"
+        return self.config.preset or "custom"
 
     @property
     def subset(self) -> int | None:
         """Training images used, when the run trained on part of the training set."""
-        return _count(self.config.get("subset")) or None
+        return self.config.subset
 
     @property
     def owner(self) -> str | None:
-        """The name its trainer gave; None when none was given or the stored one is not a valid name."""
-        owner = self.config.get("owner")
+        """The name its trainer gave; None without one, or for a stored one that is not a valid name."""
         try:
-            return check_owner(owner) if isinstance(owner, str) else None
+            return check_owner(self.config.owner)
         except ConfigError:
             return None
 
     @property
     def created(self) -> str:
-        created = self.config.get("created")
-        return created if isinstance(created, str) else ""
+        return self.config.created
 
     @property
     def is_bundled(self) -> bool:
@@ -466,26 +322,13 @@ class Run:
     @property
     def status(self) -> str:
         status = self.metrics.status
-        if status == "running":
-            pid = self.metrics.pid
-            same_host = self.metrics.host == socket.gethostname()
-            if not (same_host and pid is not None and _pid_alive(pid)):
-                return "interrupted"
-            if pid == os.getpid():
-                with _ended_lock:
-                    if _folder_key(self.path) in _ended_unrecorded:
-                        return "interrupted"
+        if status == "running" and not liveness.writer_alive(self.path, self.metrics.pid, self.metrics.host):
+            return "interrupted"
         return status
 
     @property
     def has_weights(self) -> bool:
         return (self.path / WEIGHTS_FILE).exists()
-
-    @property
-    def channel_order(self) -> str:
-        """How the training rows were read (``as_presented`` repeats the presentation's mistake)."""
-        order = self.config.get("channel_order")
-        return order if isinstance(order, str) else "correct"
 
     def resume_blocker(self) -> str | None:
         """Why this run cannot be resumed, or None when it can.
@@ -526,7 +369,12 @@ class Run:
             raw = (self.path / PREDICTIONS_FILE).read_bytes()
         except OSError:
             return None
-        return read_predictions(raw, self.classes, self.weights_digest(), self.train_config.tta)
+        stored = StoredPredictions.from_bytes(raw, len(self.classes))
+        made_here = (self.weights_digest(), self.train_config.tta)
+        if stored is None or (stored.weights_sha256, stored.tta) != made_here:
+            return None
+        return Evaluation(stored.labels, stored.predicted, stored.probabilities, self.classes,
+                          stored.image_digests)
 
     def save_test_predictions(self, result: Evaluation) -> Path:
         """Store ``result`` (this run's weights on the whole test set, with its test-time
@@ -556,7 +404,7 @@ class Run:
     def grad_norms(self) -> list[dict]:
         """Per epoch, the mean gradient norm of each conv/dense layer (empty for old runs)."""
         try:
-            return _read_csv_numbers(self.path / GRAD_NORMS_FILE)
+            return read_grad_norms(self.path / GRAD_NORMS_FILE)
         except (OSError, ValueError):
             return []
 
@@ -625,36 +473,19 @@ def _read_json(path: Path) -> dict:
     return value
 
 
-def _read_csv_numbers(path: Path) -> list[dict]:
-    """Rows of a CSV of numbers (an ``epoch`` column of integers); [] when there is no file."""
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(f)]
-
-
-def read_history(path: Path) -> list[EpochRecord]:
-    """history.csv read back as the records training wrote; a column an older file lacks is NaN."""
-    return [EpochRecord.from_dict(row) for row in _read_csv_numbers(path)]
-
-
 def load_run(path: str | os.PathLike) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"run folder {path} does not exist")
-    config = _read_json(path / CONFIG_FILE)
     try:
-        model_cfg = ModelConfig.from_dict(config["model"])
-        train_cfg = TrainConfig.from_dict(config["train"])
+        config = RunConfig.from_dict(_read_json(path / CONFIG_FILE))
     except (KeyError, TypeError, ConfigError) as err:
         raise RunError(f"{path / CONFIG_FILE}: invalid ({err})") from None
     try:
         history = read_history(path / HISTORY_FILE)
     except (OSError, ValueError, KeyError) as err:
         raise RunError(f"{path / HISTORY_FILE}: unreadable ({err})") from None
-    return Run(path, model_cfg, train_cfg, config, history,
-               RunMetrics.from_dict(_read_json(path / METRICS_FILE)))
+    return Run(path, config, history, RunMetrics.from_dict(_read_json(path / METRICS_FILE)))
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[Run]:

@@ -27,7 +27,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -39,29 +39,11 @@ from .config import TTA, Monitor, TrainConfig
 from .data import CifarData
 from .devices import autocast, resolve_device, training_memory_format, tune_for_fixed_shapes, use_bf16
 from .model import CifarCNN, predict_logits, to_input
+from .record import EpochRecord
 
 log = logging.getLogger(__name__)
 
 # --- events ---------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EpochRecord:
-    epoch: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    lr: float
-    seconds: float
-
-    @classmethod
-    def from_dict(cls, values: dict) -> EpochRecord:
-        """A row of history.csv or of shipped results; a figure an older file lacks is NaN."""
-        return cls(**{name: values.get(name, math.nan) for name in HISTORY_COLUMNS})
-
-
-HISTORY_COLUMNS = tuple(f.name for f in fields(EpochRecord))
-
 
 @dataclass(frozen=True)
 class BatchEvent:

@@ -12,8 +12,9 @@ from conftest import CLASSES, make_archive, write_cifar
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+import app_content
 import app_state
-from cifar_core.config import PRESETS, ModelConfig, TrainConfig
+from cifar_core.config import LIMITS, PRESETS, ModelConfig, TrainConfig
 from cifar_core.data import load_cifar10
 from cifar_core.inference import MAX_FILE_BYTES, predict_files
 from cifar_core.model import build_model, count_parameters
@@ -215,6 +216,30 @@ def test_model_page_loads_presets_and_reports_bad_combinations(cifar_env: Path) 
     assert len(at.session_state["config"][1].conv_filters) == 3  # the last valid one is kept
 
 
+def limit_name(widget_key: str) -> str:
+    """The LIMITS entry a Model page widget offers: its key without the prefix and layer number."""
+    name = widget_key.removeprefix("model.").rstrip("0123456789")
+    return "dropout" if name.endswith("_dropout") else name
+
+
+def test_model_page_widgets_offer_the_limits_config_declares(cifar_env: Path) -> None:
+    at = open_page("app_pages/model.py")
+    at.slider(key="model.dense_layers").set_value(4).run()  # every kind of layer widget drawn
+    widgets = [w for w in [*at.slider, *at.number_input] if w.key and w.key.startswith("model.")]
+    offered = {}
+    for widget in widgets:
+        offered.setdefault(limit_name(widget.key), set()).add(
+            (widget.proto.min, widget.proto.max, widget.proto.step))
+    for name, ranges in offered.items():
+        limit = LIMITS[name]
+        assert ranges == {(*limit.widget_range, limit.step or 1)}, name
+    assert set(offered) == set(LIMITS) - {"batch_size"}
+    batch_sizes = at.select_slider(key="model.batch_size").options
+    assert all(int(size) in LIMITS["batch_size"] for size in batch_sizes)
+    # The help beside each widget is its setting's text from content/.
+    assert at.slider(key="model.blocks").help == app_content.sections("model-settings")["blocks"]
+
+
 @pytest.mark.slow
 def test_model_page_shows_first_layer_filters_of_a_run(cifar_env: Path, trained_runs_dir: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
@@ -227,6 +252,7 @@ def test_model_page_shows_first_layer_filters_of_a_run(cifar_env: Path, trained_
     assert "tiny-baseline" in at.selectbox(key="model.filters_run").value
     # 32 first-layer filters, 16 to a row.
     assert len(at.image) == 2
+    assert any(c.value.startswith("The 32 filters of the first convolution, 3×3 weights") for c in at.caption)
 
 
 # --- Predict -----------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from cifar_core.config import ModelConfig, TrainConfig
 from cifar_core.data import load_cifar10
 from cifar_core.evaluation import evaluate
 from cifar_core.pipeline import train_run
-from cifar_core.runs import PREDICTIONS_FILE, Run, RunMetrics, default_run, load_run
+from cifar_core.record import PREDICTIONS_FILE, RunConfig, RunMetrics
+from cifar_core.runs import Run, default_run, load_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -101,7 +102,7 @@ def test_stored_predictions_serve_the_same_test_images_in_any_order_without_clas
 def a_run(name: str, status: str, test_acc: float | None) -> Run:
     live = {"pid": os.getpid(), "host": socket.gethostname()} if status == "running" else {}
     metrics = RunMetrics.from_dict({"status": status, "test_acc": test_acc, "val_acc": test_acc, **live})
-    return Run(Path("/runs") / name, ModelConfig(), TrainConfig(), {}, [], metrics)
+    return Run(Path("/runs") / name, RunConfig(ModelConfig(), TrainConfig()), [], metrics)
 
 
 def test_the_default_is_the_most_accurate_finished_run() -> None:

@@ -27,6 +27,7 @@ from cifar_core.data import load_cifar10
 from cifar_core.evaluation import evaluate
 from cifar_core.inference import predict_files
 from cifar_core.model import build_model, count_parameters
+from cifar_core.record import RunConfig
 from cifar_core.runs import RunWriter, load_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ def untrained_run(path: Path) -> Path:
     """A valid run folder without training: config, metrics and (random) weights."""
     model_cfg = ModelConfig(conv_filters=(8, 16), conv_dropout=(0.0, 0.0), dense_units=(16,),
                             dense_dropout=(0.0,))
-    writer = RunWriter(path, model_cfg, TrainConfig(epochs=1))
+    writer = RunWriter(path, RunConfig(model_cfg, TrainConfig(epochs=1)))
     writer.save_weights(build_model(model_cfg).state_dict())
     writer.finish("finished")
     return path
@@ -127,7 +128,7 @@ def test_train_writes_a_run_folder(trained: tuple[Path, subprocess.CompletedProc
     run = load_run(out)
     assert run.status == "finished" and len(run.history) == 1
     assert run.model_config.conv_filters == (8, 16, 16) and run.train_config.batch_size == 32
-    assert run.config["subset"] == 200 and run.config["preset"] == "baseline"
+    assert run.config.subset == 200 and run.config.preset == "baseline"
     assert np.array(run.metrics.confusion_matrix).sum() == 50
 
 

@@ -18,8 +18,8 @@ from cifar_core.data import load_cifar10
 from cifar_core.evaluation import evaluate
 from cifar_core.formatting import format_setting as format_value
 from cifar_core.pipeline import train_run
-from cifar_core.runs import Run, RunMetrics, load_run
-from cifar_core.training import EpochRecord
+from cifar_core.record import EpochRecord, RunConfig, RunMetrics
+from cifar_core.runs import Run, load_run
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 TINY = TrainConfig(epochs=3, augmentation="none", early_stopping=False, precision="fp32", device="cpu")
@@ -29,9 +29,8 @@ def make_run(name: str, model: ModelConfig | None = None, train: TrainConfig | N
              preset: str | None = "baseline", subset: int | None = None,
              metrics: dict | None = None, history: list[EpochRecord] | None = None) -> Run:
     model, train = model or ModelConfig(), train or TrainConfig()
-    config = {"model": model.to_dict(), "train": train.to_dict(), "preset": preset,
-              "subset": subset, "created": f"2026-01-01T00:00:{len(name):02d}"}
-    return Run(Path("/nowhere") / name, model, train, config, history or [],
+    config = RunConfig(model, train, preset, subset, created=f"2026-01-01T00:00:{len(name):02d}")
+    return Run(Path("/nowhere") / name, config, history or [],
                RunMetrics.from_dict({"status": "finished", **(metrics or {})}))
 
 

@@ -4,6 +4,7 @@ Model page, and the presets' values."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import get_args
 
 import pytest
@@ -11,10 +12,14 @@ import pytest
 from cifar_core.augment import AUGMENTATIONS
 from cifar_core.config import (
     CHOICES,
+    LIMITS,
+    MODEL_KEYS,
     PRESETS,
+    TRAIN_KEYS,
     ConfigError,
     ModelConfig,
     TrainConfig,
+    apply_overrides,
     changes_from_preset,
     choices,
     configs_from_form,
@@ -109,3 +114,43 @@ def test_literal_types_are_the_declaration() -> None:
     from cifar_core import config
 
     assert get_args(config.Padding) == choices("padding")
+
+
+# --- limits ------------------------------------------------------------------------------
+
+def with_setting(name: str, value: object) -> tuple[ModelConfig, TrainConfig]:
+    return apply_overrides(ModelConfig(padding="same"), TrainConfig(), {name: value})
+
+
+@pytest.mark.parametrize("name", sorted(LIMITS.keys() & (MODEL_KEYS | TRAIN_KEYS)))
+def test_a_setting_accepts_what_its_widget_offers_and_refuses_what_lies_beyond_its_limit(name: str) -> None:
+    limit = LIMITS[name]
+    for value in limit.widget_range:
+        with_setting(name, value)
+    with pytest.raises(ConfigError, match=name):
+        with_setting(name, limit.low if limit.open == "low" else limit.low - 1)
+    if limit.high != math.inf:
+        with pytest.raises(ConfigError, match=name):
+            with_setting(name, limit.high if limit.open == "high" else limit.high + 1)
+
+
+def test_layer_limits_hold_for_the_number_of_layers_and_for_each_layer() -> None:
+    largest = {"conv_filters": (LIMITS["filters"].high,) * LIMITS["blocks"].high,
+               "dense_units": (LIMITS["units"].high,) * LIMITS["dense_layers"].high}
+    with_setting("conv_filters", largest["conv_filters"])
+    with_setting("dense_units", largest["dense_units"])
+    beyond = [("conv_filters", largest["conv_filters"] + (8,)), ("conv_filters", (1025,)),
+              ("dense_units", largest["dense_units"] + (8,)), ("dense_units", (4097,)),
+              ("conv_dropout", (0.5, 1.0, 0.0)), ("dense_dropout", (1.0, 0.0)), ("conv_filters", ())]
+    for name, value in beyond:
+        with pytest.raises(ConfigError):
+            with_setting(name, value)
+
+
+def test_limits_keep_the_type_of_their_setting() -> None:
+    # A widget's bounds, step and value must share one type; Streamlit refuses a mix.
+    defaults = ModelConfig().to_dict() | TrainConfig().to_dict()
+    for name, limit in LIMITS.items():
+        kind = type(defaults[name]) if name in defaults else (float if name == "dropout" else int)
+        offered = [*limit.widget_range] + ([limit.step] if limit.step else [])
+        assert all(type(v) is kind for v in offered), name

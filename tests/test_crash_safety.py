@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_core import runs
+from cifar_core import record, runs
 from cifar_core.__main__ import main
 from cifar_core.config import ModelConfig, TrainConfig
 from cifar_core.data import CifarData, load_cifar10, subset
 from cifar_core.jobs import JobRegistry
 from cifar_core.pipeline import train_run
-from cifar_core.runs import RunError, RunWriter, list_runs, load_run
-from cifar_core.training import HISTORY_COLUMNS
+from cifar_core.record import HISTORY_COLUMNS, RunConfig, RunError
+from cifar_core.runs import RunWriter, list_runs, load_run
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() \
@@ -34,8 +34,8 @@ PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "py
 TINY = ModelConfig(conv_filters=(8, 16), conv_dropout=(0.0, 0.25), dense_units=(16,),
                    dense_dropout=(0.25,))
 FAST = TrainConfig(epochs=2, batch_size=32, device="cpu", precision="fp32", seed=3)
-# Every file a run folder may hold, as runs.py names them (CONFIG_FILE, HISTORY_FILE, ...).
-RUN_FILES = {value for key, value in vars(runs).items() if key.endswith("_FILE") and isinstance(value, str)}
+# Every file a run folder may hold, as record.py names them (CONFIG_FILE, HISTORY_FILE, ...).
+RUN_FILES = {value for key, value in vars(record).items() if key.endswith("_FILE") and isinstance(value, str)}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -180,7 +180,7 @@ def test_run_folder_under_a_file_is_a_clear_run_error(tmp_path: Path) -> None:
     blocker = tmp_path / "runs"
     blocker.write_text("a file, not a folder")
     with pytest.raises(RunError, match=r"cannot create run folder .*runs/r: Not a directory") as info:
-        RunWriter(blocker / "r", TINY, FAST)
+        RunWriter(blocker / "r", RunConfig(TINY, FAST))
     assert info.value.__cause__ is None and "\n" not in str(info.value)
 
 
@@ -192,7 +192,7 @@ def test_read_only_runs_folder_is_a_clear_run_error(tmp_path: Path) -> None:
     root.chmod(0o555)
     try:
         with pytest.raises(RunError, match="Permission denied"):
-            RunWriter(root / "r", TINY, FAST)
+            RunWriter(root / "r", RunConfig(TINY, FAST))
     finally:
         root.chmod(0o755)
 
@@ -205,7 +205,7 @@ def test_unwritable_file_system_is_a_clear_run_error(code: int, tmp_path: Path,
 
     monkeypatch.setattr(runs.tempfile, "mkstemp", refuse)
     with pytest.raises(RunError, match=rf"cannot write .*config\.json: {os.strerror(code)}"):
-        RunWriter(tmp_path / "r", TINY, FAST)
+        RunWriter(tmp_path / "r", RunConfig(TINY, FAST))
 
 
 def disk_full_after_epoch_one(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -250,7 +250,7 @@ def test_a_new_writer_in_an_abandoned_folder_is_running_again(data: CifarData, t
         train_run(TINY, FAST, data, path)
     monkeypatch.setattr(runs, "atomic_write", real)
     assert load_run(path).status == "interrupted"
-    writer = RunWriter(path, TINY, FAST)  # written here again, by this live process
+    writer = RunWriter(path, RunConfig(TINY, FAST))  # written here again, by this live process
     assert load_run(path).status == "running"
     writer.finish("stopped")
     assert load_run(path).status == "stopped"

@@ -1,5 +1,5 @@
 """Figures of one evaluation without a model: accuracy of a matrix, the images of a cell, and
-predictions stored beside a model."""
+predictions that follow their images by content."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cifar_core.data import image_digests
-from cifar_core.evaluation import Evaluation, matrix_accuracy, predictions_bytes, read_predictions
+from cifar_core.evaluation import Evaluation, matrix_accuracy
 
 CLASSES = ("a", "b", "c")
 
@@ -36,27 +36,6 @@ def test_a_cell_lists_its_images_most_confident_first() -> None:
     assert result.confusion()[0, 1] == 1
 
 
-def test_stored_predictions_round_trip_in_float16() -> None:
-    result = an_evaluation()
-    raw = predictions_bytes(result, "abc", "flip")
-    back = read_predictions(raw, CLASSES, "abc", "flip")
-    assert back is not None
-    assert back.labels.tolist() == result.labels.tolist()
-    assert back.predicted.tolist() == result.predicted.tolist()
-    np.testing.assert_allclose(back.probabilities, result.probabilities, atol=1e-3)
-    assert back.accuracy == result.accuracy and (back.confusion() == result.confusion()).all()
-    assert back.image_digests.tolist() == result.image_digests.tolist()
-
-
-def test_stored_predictions_of_other_weights_or_views_or_damaged_are_ignored() -> None:
-    raw = predictions_bytes(an_evaluation(), "abc", "flip")
-    assert read_predictions(raw, CLASSES, "other weights", "flip") is None
-    assert read_predictions(raw, CLASSES, "abc", "flip_translate") is None
-    assert read_predictions(raw[:100], CLASSES, "abc", "flip") is None
-    assert read_predictions(b"not a zip", CLASSES, "abc", "flip") is None
-    assert read_predictions(raw, ("a", "b"), "abc", "flip") is None  # probabilities of 3 classes
-
-
 def test_a_digest_names_an_image_by_its_pixels_alone() -> None:
     images = np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
     digests = image_digests(images)
@@ -82,11 +61,3 @@ def test_stored_predictions_follow_their_images_into_another_order() -> None:
     foreign[2] += 1
     assert result.in_order_of(foreign, result.labels[order]) is None
     assert result.in_order_of(result.image_digests, result.labels[:3]) is None
-
-
-def test_predictions_stored_before_digests_still_read_but_match_by_position_only() -> None:
-    result = an_evaluation()
-    result.image_digests = None
-    back = read_predictions(predictions_bytes(result, "abc", "flip"), CLASSES, "abc", "flip")
-    assert back is not None and back.image_digests is None
-    assert back.in_order_of(np.arange(6, dtype=np.uint64), back.labels) is None

@@ -14,7 +14,7 @@ from cifar_core import experiments
 from cifar_core.config import get_preset
 from cifar_core.data import load_cifar10, to_images
 from cifar_core.experiments import EXPERIMENTS, Summary, as_presented, result_record
-from cifar_core.training import EpochRecord
+from cifar_core.record import EpochRecord
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 

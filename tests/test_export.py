@@ -27,7 +27,8 @@ from cifar_core.data import DEFAULT_CLASSES, load_cifar10
 from cifar_core.export import ExportError
 from cifar_core.model import build_model, predict_logits
 from cifar_core.pipeline import train_run
-from cifar_core.runs import HISTORY_FILE, WEIGHTS_FILE, RunWriter, load_run
+from cifar_core.record import HISTORY_FILE, WEIGHTS_FILE, RunConfig
+from cifar_core.runs import RunWriter, load_run
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 TOLERANCE = 1e-4  # largest difference allowed between ONNX and PyTorch logits
@@ -59,7 +60,7 @@ def random_run(path: Path, preset: str, seed: int = 0, metrics: dict | None = No
             module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.uniform_(-0.2, 0.2)
-    writer = RunWriter(path, p.model, p.train, preset=preset)
+    writer = RunWriter(path, RunConfig(p.model, p.train, preset=preset))
     writer.save_weights(model.state_dict())
     writer.finish("finished", **(metrics or {}))
     return load_run(path)

@@ -43,7 +43,8 @@ from cifar_core.data import (
     safe_unpickle,
 )
 from cifar_core.model import build_model
-from cifar_core.runs import RunError, RunWriter, load_run
+from cifar_core.record import RunConfig, RunError
+from cifar_core.runs import RunWriter, load_run
 
 TINY = ModelConfig(conv_filters=(8, 16), conv_dropout=(0.0, 0.25), dense_units=(16,),
                    dense_dropout=(0.25,))
@@ -682,7 +683,7 @@ class TorchPayload:
 @pytest.fixture()
 def run_folder(tmp_path: Path) -> Path:
     path = tmp_path / "run"
-    writer = RunWriter(path, TINY, TrainConfig(epochs=1, device="cpu"))
+    writer = RunWriter(path, RunConfig(TINY, TrainConfig(epochs=1, device="cpu")))
     torch.manual_seed(0)
     writer.save_weights(build_model(TINY).state_dict())
     writer.finish("finished")

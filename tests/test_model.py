@@ -227,7 +227,7 @@ def test_test_time_views_equal_views_made_on_the_pixels() -> None:
     ({"conv_dropout": (0.1, 0.1, 0.1, 0.1)}, "4 rates for 3"),
     ({"kernel_size": 4}, "kernel_size"),
     ({"activation": "swish"}, "activation"),
-    ({"conv_filters": (), "conv_dropout": ()}, "1 to 6"),
+    ({"conv_filters": (), "conv_dropout": ()}, "conv_filters: the number of blocks must be 1..6"),
 ])
 def test_invalid_configs_are_refused(values: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -26,10 +26,12 @@ from cifar_core.__main__ import main
 from cifar_core.config import ConfigError, ModelConfig, TrainConfig, apply_overrides, get_preset
 from cifar_core.data import CifarData, load_cifar10, subset
 from cifar_core.jobs import JobRegistry, get_registry
+from cifar_core.liveness import training_lock
 from cifar_core.model import build_model
-from cifar_core.pipeline import resume_run, train_run
-from cifar_core.runs import CHECKPOINT_FILE, RunError, RunWriter, load_run, load_weights, read_checkpoint
-from cifar_core.training import EarlyStopping, EpochRecord, TrainingState, set_up
+from cifar_core.pipeline import read_training_state, resume_point, resume_run, train_run
+from cifar_core.record import CHECKPOINT_FILE, LOCK_FILE, EpochRecord, RunConfig, RunError
+from cifar_core.runs import RunWriter, load_run, load_weights
+from cifar_core.training import EarlyStopping, TrainingState, set_up
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "streamlit_app.py")
@@ -99,11 +101,11 @@ def test_checkpoint_round_trip_keeps_every_part_of_the_state(recipe: str, data: 
                                                             tmp_path: Path) -> None:
     model_cfg, train_cfg = (TINY, FAST) if recipe == "baseline" else (QUICK_MODEL, QUICK_TRAIN)
     state = started_state(model_cfg, train_cfg, data, records(2))
-    writer = RunWriter(tmp_path / "run", model_cfg, train_cfg)
-    writer.save_checkpoint(state)
+    writer = RunWriter(tmp_path / "run", RunConfig(model_cfg, train_cfg))
+    writer.save_checkpoint(state.state_dict())
     assert not list((tmp_path / "run").glob(".*.tmp")), "written through the atomic helper"
 
-    back = read_checkpoint(tmp_path / "run")
+    back = read_training_state(tmp_path / "run")
     assert back.epoch == 2 and back.history == state.history and back.stopping == state.stopping
     assert (back.images_done, back.elapsed) == (state.images_done, state.elapsed)
     assert (back.train_images, back.val_images) == (len(data.y_train), len(data.y_val))
@@ -163,7 +165,7 @@ def test_checkpoint_with_pickled_objects_is_refused(intruder: str, data: CifarDa
     values["stopping"] = WritesMarker(marker) if intruder == "code" else FAST  # FAST: a TrainConfig
     save_raw(tmp_path, values)
     with pytest.raises(RunError, match="refused to load"):
-        read_checkpoint(tmp_path)
+        read_training_state(tmp_path)
     assert not marker.exists()
 
 
@@ -179,7 +181,7 @@ def test_damaged_or_foreign_checkpoint_is_a_run_error(content: object, message: 
     else:
         save_raw(tmp_path, content)
     with pytest.raises(RunError, match=message):
-        read_checkpoint(tmp_path)
+        read_training_state(tmp_path)
 
 
 def test_malformed_state_is_refused(data: CifarData, tmp_path: Path) -> None:
@@ -187,12 +189,12 @@ def test_malformed_state_is_refused(data: CifarData, tmp_path: Path) -> None:
     values["model"] = {"layer": "not a tensor"}
     save_raw(tmp_path, values)
     with pytest.raises(RunError, match="malformed"):
-        read_checkpoint(tmp_path)
+        read_training_state(tmp_path)
 
 
 def test_missing_checkpoint_says_so(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="no checkpoint"):
-        read_checkpoint(tmp_path)
+        read_training_state(tmp_path)
 
 
 # --- which runs can be resumed -------------------------------------------------------------
@@ -201,13 +203,13 @@ def write_run(path: Path, data: CifarData, status: str, epochs_done: int, planne
               checkpoint: bool = True) -> Path:
     """A run folder as training leaves it, without training: ``epochs_done`` recorded epochs."""
     cfg = dataclasses.replace(FAST, epochs=planned)
-    writer = RunWriter(path, TINY, cfg, preset="baseline", subset=200)
+    writer = RunWriter(path, RunConfig(TINY, cfg, preset="baseline", subset=200))
     history = records(epochs_done)
     for e in range(1, epochs_done + 1):
         writer.epoch_done(history[:e], 1, np.eye(10, dtype=np.int64) * e, build_model(TINY).state_dict(),
                           {"conv1": 0.1 * e})
     if checkpoint:
-        writer.save_checkpoint(started_state(TINY, cfg, data, history))
+        writer.save_checkpoint(started_state(TINY, cfg, data, history).state_dict())
     if status != "running":
         writer.finish(status)
     return path
@@ -237,22 +239,23 @@ def test_which_runs_can_be_resumed(data: CifarData, tmp_path: Path, monkeypatch:
 def test_reopen_cuts_the_files_back_to_the_checkpoint(data: CifarData, tmp_path: Path) -> None:
     run_dir = write_run(tmp_path / "run", data, "interrupted", 3, planned=5, checkpoint=False)
     state = started_state(TINY, dataclasses.replace(FAST, epochs=5), data, records(2))
-    runs.atomic_write(run_dir / CHECKPOINT_FILE, runs.checkpoint_bytes(state))
+    runs.atomic_write(run_dir / CHECKPOINT_FILE, runs.checkpoint_bytes(state.state_dict()))
 
-    writer = RunWriter.reopen(load_run(run_dir), read_checkpoint(run_dir))
+    run = load_run(run_dir)
+    writer = RunWriter.reopen(run, resume_point(read_training_state(run_dir), run.train_config))
     run = load_run(run_dir)
     assert [r.epoch for r in run.history] == [1, 2]
     assert len(run.val_confusions()) == 2 and [row["epoch"] for row in run.grad_norms()] == [1, 2]
     assert run.status == "running" and run.metrics.pid == os.getpid() and run.metrics.epochs_run == 2
     assert run.metrics.best_epoch == state.stopping.best_epoch == 2
     assert_same(load_weights(run_dir / runs.WEIGHTS_FILE), state.best_state)
-    assert run.config["preset"] == "baseline" and run.subset == 200, "config.json is kept"
+    assert run.config.preset == "baseline" and run.subset == 200, "config.json is kept"
     assert writer.confusions and len(writer.confusions) == 2
 
 
 def test_reopen_from_the_set_up_state_leaves_no_epochs(data: CifarData, tmp_path: Path) -> None:
     run_dir = write_run(tmp_path / "run", data, "stopped", 1, checkpoint=False)
-    RunWriter.reopen(load_run(run_dir), started_state(TINY, FAST, data))
+    RunWriter.reopen(load_run(run_dir), resume_point(started_state(TINY, FAST, data), FAST))
     run = load_run(run_dir)
     assert run.history == [] and not run.has_weights and run.val_confusions() is None
     assert run.metrics.status == "running"
@@ -291,8 +294,8 @@ def test_resume_errors_are_one_line(cifar_env: Path, data: CifarData, tmp_path: 
 
     other = write_run(tmp_path / "other-data", data, "stopped", 1)
     run = load_run(other)
-    run.config["subset"] = 100  # the run claims other data than its checkpoint was trained on
-    runs.atomic_write(other / runs.CONFIG_FILE, runs.json.dumps(run.config).encode())
+    claims = dataclasses.replace(run.config, subset=100)  # other data than its checkpoint was trained on
+    runs.atomic_write(other / runs.CONFIG_FILE, runs.json.dumps(claims.to_dict()).encode())
     assert "is it the same dataset" in one_error_line(capsys, ["train", "--resume", str(other)])
     assert load_run(other).status == "stopped", "a refused resume leaves the run as it was"
 
@@ -434,7 +437,7 @@ def test_resume_on_a_machine_without_the_runs_device_leaves_it_as_it_was(
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         resume_run(stopped, data)
     assert load_run(stopped).status == "stopped"
-    assert record_bytes(stopped) == before | {runs.LOCK_FILE: b""}  # only the attempt's empty lock file
+    assert record_bytes(stopped) == before | {LOCK_FILE: b""}  # only the attempt's empty lock file
 
 
 def test_run_saved_on_another_kind_of_device_goes_on_with_fresh_augmentation(
@@ -446,7 +449,7 @@ def test_run_saved_on_another_kind_of_device_goes_on_with_fresh_augmentation(
     values["rng"]["augment"] = torch.zeros(16, dtype=torch.uint8)
     values["rng"]["cuda"] = torch.zeros(16, dtype=torch.uint8)
     save_raw(run_dir, values)
-    state = read_checkpoint(run_dir)
+    state = read_training_state(run_dir)
 
     model = build_model(TINY)
     setup = set_up(model, data, FAST)
@@ -466,7 +469,7 @@ def test_run_saved_on_another_kind_of_device_goes_on_with_fresh_augmentation(
 HOLD = """
 import sys, time
 from pathlib import Path
-from cifar_core.runs import training_lock
+from cifar_core.liveness import training_lock
 with training_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(120)
@@ -501,13 +504,13 @@ def test_a_training_run_holds_its_folder(data: CifarData, tmp_path: Path) -> Non
 
     def try_to_take_it(event: object) -> None:
         with pytest.raises(RunError, match="being trained by another process") as err:
-            with runs.training_lock(tmp_path / "run"):
+            with training_lock(tmp_path / "run"):
                 pass
         refusals.append(err.value)
 
     train_run(TINY, dataclasses.replace(FAST, epochs=1), data, tmp_path / "run", on_event=try_to_take_it)
     assert refusals
-    with runs.training_lock(tmp_path / "run"):  # free once the run is over
+    with training_lock(tmp_path / "run"):  # free once the run is over
         pass
 
 

@@ -24,17 +24,9 @@ from cifar_core.data import DEFAULT_CLASSES, CifarData, load_cifar10
 from cifar_core.evaluation import Evaluation, evaluate
 from cifar_core.model import build_model
 from cifar_core.pipeline import train_run
-from cifar_core.runs import (
-    WEIGHTS_FILE,
-    RunError,
-    atomic_write,
-    history_csv,
-    list_runs,
-    load_run,
-    new_run_dir,
-    read_history,
-)
-from cifar_core.training import BatchEvent, EpochEvent, EpochRecord
+from cifar_core.record import WEIGHTS_FILE, EpochRecord, RunError, history_csv, read_history
+from cifar_core.runs import atomic_write, list_runs, load_run, new_run_dir
+from cifar_core.training import BatchEvent, EpochEvent
 
 TINY = ModelConfig(conv_filters=(8, 16), conv_dropout=(0.0, 0.25), dense_units=(32,),
                    dense_dropout=(0.25,))
@@ -56,7 +48,7 @@ def data(cifar_root: Path) -> CifarData:
 @pytest.fixture(scope="module")
 def run_dir(data: CifarData, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("runs") / "tiny"
-    train_run(TINY, TRAIN, data, path, preset="baseline", subset=None)
+    train_run(TINY, TRAIN, data, path, preset="baseline", subset=None, owner="Ada")
     return path
 
 
@@ -126,7 +118,7 @@ def test_saved_weights_reproduce_the_test_figures(run_dir: Path, data: CifarData
 def test_config_json_rebuilds_model_and_training(run_dir: Path) -> None:
     run = load_run(run_dir)
     assert run.model_config == TINY and run.train_config == TRAIN
-    assert run.config["preset"] == "baseline" and run.config["created"]
+    assert run.config.preset == "baseline" and run.config.created and run.config.owner == "Ada"
 
 
 def test_val_confusions_one_per_epoch(run_dir: Path, data: CifarData) -> None:
