@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -57,6 +58,7 @@ sys.setswitchinterval(0.001)
 
 DEFAULT_PRESET = "baseline"
 TRAIN_JOB_KEY = "train.job_id"  # this session's job on the Train page
+VISITOR_KEY = "app.visitor"  # who this browser session is to the job queue (one run waiting each)
 
 
 @st.cache_resource(show_spinner="Loading CIFAR-10 (once for everyone)...")
@@ -407,9 +409,14 @@ def preselect_run(page: str, runs: list[Run]) -> None:
 def resume_job(run: Run, data: CifarData) -> str:
     """Go on with a stopped or interrupted run in a background job, which becomes this
     session's job on the Train page; ``RunError`` or ``JobLimitError`` say why not."""
-    job_id = get_registry().resume(run, data)
+    job_id = get_registry().resume(run, data, visitor=visitor_id())
     st.session_state[TRAIN_JOB_KEY] = job_id
     return job_id
+
+
+def visitor_id() -> str:
+    """This browser session's identity in the job queue; no login, so nothing more than that."""
+    return st.session_state.setdefault(VISITOR_KEY, uuid.uuid4().hex)
 
 
 def last_trained_dir() -> str | None:

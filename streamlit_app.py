@@ -16,5 +16,6 @@ app_state.run_page(st.navigation([
     st.Page("app_pages/evaluate.py", title="Evaluate", icon=":material/grid_on:"),
     st.Page("app_pages/predict.py", title="Predict", icon=":material/image_search:"),
     st.Page("app_pages/experiments.py", title="Experiments", icon=":material/science:"),
+    st.Page("app_pages/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:"),
 ], position="hidden" if presenting else "sidebar"))
 app_views.write_url()

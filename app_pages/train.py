@@ -17,7 +17,14 @@ from app_figures import training_curves_figure
 from app_state import get_config, get_data, trained_runs
 from cifar_core import export
 from cifar_core.compare import run_table
-from cifar_core.config import ConfigError, ModelConfig, TrainConfig, apply_overrides
+from cifar_core.config import (
+    OWNER_MAX_LENGTH,
+    PRESETS,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    apply_overrides,
+)
 from cifar_core.data import CifarData
 from cifar_core.deployment import current_profile
 from cifar_core.formatting import MISSING, format_count, format_images, format_percent, format_seconds
@@ -86,11 +93,17 @@ def draw_start_controls(data: CifarData, preset: str, model_cfg: ModelConfig, tr
                    own: JobSnapshot | None) -> None:
     n_train = len(data.y_train)
     profile = current_profile()  # a small cloud host starts with fewer images and epochs
-    default_subset = profile.default_training_images(n_train)
+    preset_images = PRESETS[preset].train_images if preset in PRESETS else None
+    preset_images = preset_images if preset_images and preset_images < n_train else None
+    default_subset = min(filter(None, (preset_images, profile.default_training_images(n_train))), default=0)
     default_epochs = profile.default_epochs(train_cfg.epochs)
     restore_setting("train.subset", default_subset, n_train)
     restore_setting("train.epochs", default_epochs, 500)
-    left, middle, right = st.columns([2, 2, 1], vertical_alignment="bottom")
+    name_col, left, middle, right = st.columns(4, vertical_alignment="bottom")
+    owner = name_col.text_input(
+        "Your name (optional)", key="train.owner", max_chars=OWNER_MAX_LENGTH,
+        placeholder="shown with your run", help="Shown with your run in the run lists and on the "
+        "Leaderboard, so you can find it. Letters, digits, spaces and . - _ ' only; no login.")
     size = left.number_input(
         f"Training images (0 = all {n_train:,})", min_value=0, max_value=n_train,
         step=500, key="train.subset",
@@ -110,15 +123,16 @@ def draw_start_controls(data: CifarData, preset: str, model_cfg: ModelConfig, tr
     if right.button("Start training", type="primary", key="train.start", disabled=busy,
                     icon=":material/play_arrow:", width="stretch",
                     help="Your run is still going: stop it first." if busy else None):
-        submit(data, preset, model_cfg, train_cfg, int(size), int(epochs))
+        submit(data, preset, model_cfg, train_cfg, int(size), int(epochs), owner)
 
 
 def submit(data: CifarData, preset: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
-           size: int, epochs: int) -> None:
+           size: int, epochs: int, owner: str) -> None:
     try:
         model_cfg, train_cfg = apply_overrides(model_cfg, train_cfg, {"epochs": epochs})
         job_id = get_registry().submit(model_cfg, train_cfg, data, preset=preset,
-                                       subset_size=size or None)
+                                       subset_size=size or None, owner=owner,
+                                       visitor=app_state.visitor_id())
     except (JobLimitError, ConfigError) as err:
         st.error(str(err))
         return
@@ -155,12 +169,27 @@ def draw_live_view(job_id: str, poll: bool) -> None:
     view()
 
 
+def job_title(snap: JobSnapshot) -> str:
+    """'**quick** on 5,000 images by Ada': what a job trains, and whose it is."""
+    return (f"**{snap.preset or 'custom'}**" + (f" on {snap.subset:,} images" if snap.subset else "")
+            + (f" by {snap.owner}" if snap.owner else ""))
+
+
+def expected_start(snap: JobSnapshot) -> str:
+    if snap.starts_in is None:
+        return "its start time is not known yet (no run has finished an epoch here)"
+    if snap.starts_in < 60:
+        return "it should start within a minute"
+    return f"it should start in about {format_seconds(snap.starts_in)}"
+
+
 def draw_job(snap: JobSnapshot) -> None:
-    what = f"**{snap.preset or 'custom'}**" + (f" on {snap.subset:,} images" if snap.subset else "")
+    what = job_title(snap)
     if snap.status == "queued":
-        st.info(f"{what} is waiting: number {snap.queue_position} in the queue. Only a limited "
-                "number of runs train at once on this server, so they don't slow each other down; "
-                "it starts by itself when a slot frees.", icon=":material/hourglass_top:")
+        st.info(f"{what} is waiting: **number {snap.queue_position} in the queue**; "
+                f"{expected_start(snap)}. Only as many runs train at once as this server has cores "
+                "for, so they don't slow each other down; it starts by itself when a slot frees.",
+                icon=":material/hourglass_top:")
         draw_stop_button(snap, "Cancel")
         return
     if snap.active:
@@ -258,7 +287,8 @@ def draw_other_jobs(shown: JobSnapshot | None) -> None:
     if not others:
         return
     st.caption("Also on this server: " + "; ".join(
-        f"{s.preset or 'custom'} ({s.status}{f', #{s.queue_position} in queue' if s.queue_position else ''})"
+        f"{s.preset or 'custom'}{f' by {s.owner}' if s.owner else ''} "
+        f"({s.status}{f', #{s.queue_position} in queue' if s.queue_position else ''})"
         for s in others))
 
 
@@ -268,9 +298,10 @@ def run_list(runs: list[Run]) -> pd.DataFrame:
     """The run table as this page lists it: newest first, subsets as text, page column names."""
     table = run_table(runs)
     table["images"] = [format_images(v) for v in table["images"]]
-    shown = table[["run", "status", "preset", "images", "epochs", "best_epoch", "val_acc", "test_acc",
-                   "images_per_second", "created"]]
-    return shown.rename(columns={"best_epoch": "best epoch", "val_acc": "val acc",
+    table["owner"] = table["owner"].fillna("")
+    shown = table[["run", "owner", "status", "preset", "images", "epochs", "best_epoch", "val_acc",
+                   "test_acc", "images_per_second", "created"]]
+    return shown.rename(columns={"owner": "name", "best_epoch": "best epoch", "val_acc": "val acc",
                                  "test_acc": "test acc", "images_per_second": "images/s"})
 
 

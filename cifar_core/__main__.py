@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from .config import (
     ModelConfig,
     TrainConfig,
     apply_overrides,
+    check_owner,
     choices,
     get_preset,
     parse_overrides,
@@ -27,10 +29,11 @@ from .config import (
 from .data import DataError, load_cifar10, subset
 from .evaluation import evaluate
 from .inference import ImageError, predict_files
+from .jobs import connect_cluster
 from .model import build_model, summary
 from .pipeline import resume_run, train_run
 from .record import RunError, RunMetrics
-from .runs import load_run, new_run_dir
+from .runs import load_run, make_run_folder, new_run_dir
 from .training import BatchEvent, EpochEvent, Event
 
 USER_ERRORS = (DataError, ConfigError, RunError, ImageError)
@@ -62,12 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(p)
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/, that folder, or the .tar.gz")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--subset", type=int, help="train on this many images (quick checks)")
+    p.add_argument("--subset", type=int,
+                   help="train on this many images (quick checks; default: the preset's, else all)")
     p.add_argument("--device", choices=choices("device"))
     p.add_argument("--seed", type=int)
     p.add_argument("--channel-order", choices=["correct", "as_presented"],
                    help="as_presented repeats the presentation's reshape mistake (default: correct)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<time>-<preset>)")
+    p.add_argument("--name", help="who trains it, shown with the run (at most 40 letters, digits, "
+                                  "spaces and . - _ ')")
     p.add_argument("--dry-run", action="store_true",
                    help="one epoch on 512 images: checks the whole path in seconds")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
@@ -136,7 +142,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         cmd_resume(args)
         return
     model_cfg, train_cfg = configs_from(args)
-    n_subset = 512 if args.dry_run else args.subset
+    owner = check_owner(args.name)
+    preset_images = get_preset(args.preset or DEFAULT_PRESET).train_images
+    n_subset = 512 if args.dry_run else args.subset if args.subset is not None else preset_images
     if n_subset is not None and n_subset < 1:
         raise UsageError("--subset must be at least 1")
     if args.dry_run:
@@ -144,19 +152,29 @@ def cmd_train(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     channel_order = args.channel_order or "correct"
     data = load_cifar10(args.data_dir, channel_order=channel_order)
-    if n_subset:
-        data = subset(data, n_subset, seed=train_cfg.seed)
-    print(f"data: {len(data.y_train):,} train / {len(data.y_val):,} val / {len(data.y_test):,} test "
-          f"from {data.source} ({time.perf_counter() - started:.1f}s)")
+    cluster = connect_cluster()
+    if cluster and channel_order != "correct":
+        raise UsageError("--channel-order as_presented trains in this process only; unset CIFAR_RAY_ADDRESS")
+    trained = subset(data, n_subset, seed=train_cfg.seed) if n_subset else data
+    print(f"data: {len(trained.y_train):,} train / {len(trained.y_val):,} val / {len(trained.y_test):,} "
+          f"test from {data.source} ({time.perf_counter() - started:.1f}s)")
     preset = args.preset or DEFAULT_PRESET
     out = args.out or new_run_dir(label=preset)
-    metrics = train_run(model_cfg, train_cfg, data, out, EpochPrinter(train_cfg.epochs),
-                        preset=preset, subset=n_subset, channel_order=channel_order)
+    printer = EpochPrinter(train_cfg.epochs)
+    if cluster:
+        print(f"training as a Ray task on {os.environ['CIFAR_RAY_ADDRESS']}")
+        make_run_folder(out)
+        # The whole data goes to the cluster once; the task takes the same subset there.
+        metrics = cluster.train(out, data, model_cfg, train_cfg, preset=preset, subset=n_subset,
+                                owner=owner, on_event=printer)
+    else:
+        metrics = train_run(model_cfg, train_cfg, trained, out, printer, preset=preset, subset=n_subset,
+                            channel_order=channel_order, owner=owner)
     print_outcome(out, metrics)
 
 
 # Options of a new run: with --resume the run's own settings apply.
-NEW_RUN_OPTIONS = ("preset", "epochs", "subset", "device", "seed", "channel_order", "out")
+NEW_RUN_OPTIONS = ("preset", "epochs", "subset", "device", "seed", "channel_order", "out", "name")
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
@@ -177,7 +195,13 @@ def cmd_resume(args: argparse.Namespace) -> None:
           f"from {data.source} ({time.perf_counter() - started:.1f}s)")
     print(f"resuming {run.path} ({run.preset}, {run.status}; {len(run.history)} of {epochs} epochs "
           "recorded) from its last complete epoch")
-    metrics = resume_run(run.path, data, EpochPrinter(epochs))
+    cluster = connect_cluster() if run.channel_order == "correct" else None
+    if cluster:
+        print(f"training as a Ray task on {os.environ['CIFAR_RAY_ADDRESS']}")
+        metrics = cluster.train(run.path, data, run.model_config, run.train_config, resume=True,
+                                on_event=EpochPrinter(epochs))
+    else:
+        metrics = resume_run(run.path, data, EpochPrinter(epochs))
     print_outcome(run.path, metrics)
 
 

@@ -9,9 +9,9 @@ import pandas as pd
 
 from .runs import Run
 
-RUN_TABLE_COLUMNS = ("run", "preset", "status", "val_acc", "test_acc", "epochs", "best_epoch", "images",
-                     "images_per_second", "train_seconds", "created")
-LEADERBOARD_COLUMNS = ("run", "preset", "status", "val_acc", "test_acc", "epochs", "images",
+RUN_TABLE_COLUMNS = ("run", "owner", "preset", "status", "val_acc", "test_acc", "epochs", "best_epoch",
+                     "images", "images_per_second", "train_seconds", "created")
+LEADERBOARD_COLUMNS = ("run", "owner", "preset", "status", "val_acc", "test_acc", "epochs", "images",
                        "images_per_second", "train_seconds")
 
 
@@ -71,15 +71,15 @@ def run_table(runs: Sequence[Run]) -> pd.DataFrame:
     """Every run with its figures, in the order given: the one table behind the Train page's run
     list and the leaderboard.
 
-    Columns: run (unique names), preset, status, val_acc, test_acc (fractions), epochs (run
-    so far), best_epoch, images (the training subset, or NaN for the full set),
+    Columns: run (unique names), owner (None without a name), preset, status, val_acc, test_acc
+    (fractions), epochs (run so far), best_epoch, images (the training subset, or NaN for the full set),
     images_per_second, train_seconds, created. Figures a run has not reached yet are NaN.
     """
     rows = []
     for name, run in zip(run_names(runs), runs, strict=True):
         m = run.metrics
         rows.append({
-            "run": name, "preset": run.preset, "status": run.status,
+            "run": name, "owner": run.owner, "preset": run.preset, "status": run.status,
             "val_acc": _number(m.val_acc), "test_acc": _number(m.test_acc),
             "epochs": m.epochs_run if m.epochs_run is not None else len(run.history),
             "best_epoch": _number(m.best_epoch or None), "images": _number(run.subset),

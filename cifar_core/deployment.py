@@ -39,7 +39,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 class Profile:
     name: ProfileName
     reason: str  # why this profile, in words (shown on the Train page)
-    max_jobs: int  # runs training at once
+    max_jobs: int  # runs training at once; 0 = as many as the machine allows (jobs.machine_slots)
     max_queued: int  # runs waiting for a slot; 0 refuses instead of queueing
     keep_finished: int  # finished jobs whose snapshots stay in memory
     default_subset: int  # training images the Train page offers; 0 = all
@@ -60,7 +60,7 @@ class Profile:
 
 
 def _local(reason: str) -> Profile:
-    return Profile("local", reason, max_jobs=1, max_queued=8, keep_finished=50, default_subset=0,
+    return Profile("local", reason, max_jobs=0, max_queued=60, keep_finished=50, default_subset=0,
                    max_default_epochs=None, model_cache=4)
 
 

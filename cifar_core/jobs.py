@@ -14,14 +14,25 @@ folder holds the rest.
 
 Policies, and why:
 
-- **Limit: queue, don't refuse.** At most ``CIFAR_MAX_JOBS`` jobs (default 1) train at
-  once; further submissions wait in a first-come, first-served queue and start as soon
-  as a slot frees. On a 2-core server two runs only slow each other down, and a class
-  clicking "Start" at the same moment is better served by a visible queue position than
-  by an error. The queue itself is bounded (``CIFAR_MAX_QUEUED``, default 8, 2 in the
-  cloud profile of ``cifar_core.deployment``; 0 turns queueing off); beyond that
-  ``submit`` raises ``JobLimitError`` with a message for the user. A queued job can be
-  stopped before it ever starts.
+- **Limit: queue, don't refuse.** At most ``CIFAR_MAX_JOBS`` jobs train at once; by
+  default as many as the machine allows (``machine_slots``: one per core but one, the
+  web server's, and no more than its free memory holds; 1 on two cores, 1 in the cloud
+  profile of ``cifar_core.deployment``). Further submissions wait in a first-come,
+  first-served queue and start as soon as a slot frees: a class clicking "Start" at the
+  same moment is better served by a visible place in the queue than by an error. The
+  queue is bounded (``CIFAR_MAX_QUEUED``, default 60, 2 in the cloud profile; 0 turns
+  queueing off); beyond that ``submit`` raises ``JobLimitError`` with a message for the
+  user. A queued job can be stopped before it ever starts.
+- **Fair.** A visitor (a browser session, ``visitor=``) has at most one run waiting, so a
+  queue position means a person, and each queued job's snapshot says when it should
+  start (``starts_in``): the running jobs' time left and, for the queued jobs ahead of it,
+  their planned epochs at the speed training has measured here.
+- **Names.** A job may carry its trainer's name (``owner``, checked by
+  ``config.check_owner``); the run folder keeps it in config.json.
+- **A cluster.** With ``CIFAR_RAY_ADDRESS`` set, each job trains as a Ray task on that
+  cluster (``cifar_core.cluster``, imported only then): the queue, snapshots and stop work
+  the same, the run folder is written here, and the limit defaults to the tasks the
+  cluster's CPUs hold at once.
 - **Torch threads.** PyTorch's intra-op thread count is process-wide: a thread that
   calls ``torch.set_num_threads`` changes it for itself and for every thread that first
   uses torch after it (Streamlit starts a new script thread per rerun). Each job sets it
@@ -44,6 +55,7 @@ Policies, and why:
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
 import logging
 import os
@@ -55,11 +67,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, check_owner
 from .data import CifarData, DataError, subset
 from .deployment import cpu_quota, current_profile
 from .pipeline import resume_run, train_run
@@ -67,11 +79,18 @@ from .record import EpochRecord, RunError, RunMetrics
 from .runs import Run, default_runs_root, new_run_dir
 from .training import BatchEvent, EpochEvent, Event
 
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
 log = logging.getLogger(__name__)
 
 JobStatus = Literal["queued", "running", "finished", "stopped", "failed"]
 ACTIVE_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
 Phase = Literal["waiting", "preparing", "training", "validating", "testing", "done"]
+# Memory one more concurrent run may need on top of the shared dataset: a whole command-line
+# training process of quick's network, PyTorch and the dataset included, held about 1.1 GB
+# resident, so a run's own share is well under this.
+JOB_MEMORY_BYTES = 1 << 30
 # A training thread's nice value: a page's script run, at 0, gets about nine tenths of a
 # core they both want (Linux's weights for nice 0 and 10 are 1024 and 110).
 TRAINING_NICE = 10
@@ -97,6 +116,29 @@ def available_cores() -> int:
     cores = os.cpu_count() or 1
     quota = cpu_quota()
     return min(cores, quota) if quota else cores
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for new work now (Linux: MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def machine_slots(cores: int | None = None, memory: int | None = None) -> int:
+    """Runs this machine trains at once: a core each, one core left to the web server, and no
+    more than the free memory holds; at least one."""
+    cores = available_cores() if cores is None else cores
+    memory = available_memory() if memory is None else memory
+    slots = cores - 1
+    if memory is not None:
+        slots = min(slots, memory // JOB_MEMORY_BYTES)
+    return max(1, slots)
 
 
 def default_torch_threads(max_jobs: int) -> int:
@@ -152,6 +194,9 @@ class JobSnapshot:
     stop_requested: bool
     metrics: RunMetrics | None = None  # metrics.json once done
     queue_position: int | None = None  # 1 = next to start; None unless queued
+    starts_in: float | None = None  # seconds until a queued job should start; None if unknown
+    owner: str | None = None
+    train_images: int = 0
 
     @property
     def active(self) -> bool:
@@ -184,11 +229,17 @@ class Job:
 
     def __init__(self, job_id: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
                  data: CifarData, preset: str | None, subset_size: int | None,
-                 runs_root: Path, torch_threads: int, resume: Run | None = None) -> None:
+                 runs_root: Path, torch_threads: int, resume: Run | None = None,
+                 owner: str | None = None, visitor: str | None = None,
+                 cluster: Cluster | None = None) -> None:
         self.id = job_id
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.data: CifarData | None = data
         self.preset, self.subset = preset, subset_size
+        self.owner = resume.owner if resume else owner
+        self.visitor = visitor
+        self.cluster = cluster
+        self.train_images = min(subset_size, len(data.y_train)) if subset_size else len(data.y_train)
         self.runs_root = runs_root
         self.torch_threads = torch_threads
         self.resume_dir = resume.path if resume else None  # the run folder this job goes on with
@@ -228,7 +279,8 @@ class Job:
                 patience=cfg.patience if cfg.early_stopping else None, monitor=cfg.monitor,
                 error=self._error, run_dir=self._run_dir, submitted=self._submitted,
                 started=self._started, ended=self._ended,
-                stop_requested=self.stop_event.is_set(), metrics=self._metrics)
+                stop_requested=self.stop_event.is_set(), metrics=self._metrics, owner=self.owner,
+                train_images=self.train_images)
 
     @property
     def status(self) -> JobStatus:
@@ -258,18 +310,9 @@ class Job:
         metrics: RunMetrics | None = None
         error: str | None = None
         try:
-            # Process-wide in effect (see the module docstring); same value for every job.
-            torch.set_num_threads(self.torch_threads)
-            torch.get_num_threads()  # fixes this thread's count before any page changes it
-            yield_to_pages()
-            data = subset(self.data, self.subset, seed=self.train_cfg.seed) if self.subset else self.data
             if self.resume_dir:
                 self._epoch_mark = time.perf_counter()  # the first epoch here is not epoch 1
-                metrics = resume_run(self.resume_dir, data, on_event=self._on_event, stop=self.stop_event)
-            else:
-                metrics = train_run(self.model_cfg, self.train_cfg, data, self._run_dir,
-                                    on_event=self._on_event, stop=self.stop_event,
-                                    preset=self.preset, subset=self.subset)
+            metrics = self._train_remotely() if self.cluster else self._train_here()
             status = "stopped" if metrics.status == "stopped" else "finished"
         except (RunError, DataError, ValueError) as err:  # bad settings, unwritable folder: say what
             error = str(err)
@@ -290,6 +333,23 @@ class Job:
             # the app has since reloaded (about 180 MB each).
             self.data = None
             on_done(self)
+
+    def _train_here(self) -> RunMetrics:
+        # Process-wide in effect (see the module docstring); same value for every job.
+        torch.set_num_threads(self.torch_threads)
+        torch.get_num_threads()  # fixes this thread's count before any page changes it
+        yield_to_pages()
+        data = subset(self.data, self.subset, seed=self.train_cfg.seed) if self.subset else self.data
+        if self.resume_dir:
+            return resume_run(self.resume_dir, data, on_event=self._on_event, stop=self.stop_event)
+        return train_run(self.model_cfg, self.train_cfg, data, self._run_dir, on_event=self._on_event,
+                         stop=self.stop_event, preset=self.preset, subset=self.subset, owner=self.owner)
+
+    def _train_remotely(self) -> RunMetrics:
+        return self.cluster.train(
+            self._run_dir, self.data, self.model_cfg, self.train_cfg, preset=self.preset,
+            subset=self.subset, owner=self.owner, resume=self.resume_dir is not None,
+            on_event=self._on_event, stop=self.stop_event)
 
     def _on_event(self, event: Event) -> None:
         now = time.perf_counter()
@@ -327,11 +387,14 @@ class JobRegistry:
     """All jobs of this process: submit, list, stop; at most ``max_jobs`` train at once."""
 
     def __init__(self, max_jobs: int | None = None, max_queued: int | None = None,
-                 torch_threads: int | None = None, keep_finished: int | None = None) -> None:
+                 torch_threads: int | None = None, keep_finished: int | None = None,
+                 cluster: Cluster | None = None) -> None:
         # Defaults come from the deployment profile (cifar_core.deployment); the
         # environment variables override them.
         profile = current_profile()
-        self.max_jobs = max_jobs if max_jobs is not None else _env_int("CIFAR_MAX_JOBS", profile.max_jobs)
+        self.cluster = cluster
+        slots = cluster.slots() if cluster else profile.max_jobs or machine_slots()
+        self.max_jobs = max_jobs if max_jobs is not None else _env_int("CIFAR_MAX_JOBS", slots)
         self.max_queued = (max_queued if max_queued is not None
                            else _env_int("CIFAR_MAX_QUEUED", profile.max_queued, minimum=0))
         self.torch_threads = torch_threads or default_torch_threads(self.max_jobs)
@@ -344,14 +407,21 @@ class JobRegistry:
 
     def submit(self, model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, *,
                preset: str | None = None, subset_size: int | None = None,
-               runs_root: str | os.PathLike | None = None) -> str:
-        """Queue a run and start it as soon as a slot is free; returns the job id."""
+               runs_root: str | os.PathLike | None = None, owner: str | None = None,
+               visitor: str | None = None) -> str:
+        """Queue a run and start it as soon as a slot is free; returns the job id.
+
+        ``owner`` is the trainer's name (ConfigError when it is not a valid one); ``visitor``
+        identifies who submits, who may have one run waiting at a time (JobLimitError).
+        """
         root = Path(runs_root) if runs_root else default_runs_root()
+        owner = check_owner(owner)
         with self._lock:
-            job = self._enqueue_locked(model_cfg, train_cfg, data, preset, subset_size or None, root)
+            job = self._enqueue_locked(model_cfg, train_cfg, data, preset, subset_size or None, root,
+                                       owner=owner, visitor=visitor)
         return job.id
 
-    def resume(self, run: Run, data: CifarData) -> str:
+    def resume(self, run: Run, data: CifarData, visitor: str | None = None) -> str:
         """Queue a job that goes on with ``run`` in its own folder; returns the job id.
 
         ``RunError`` when the run cannot be resumed or a job here is already on it, or when
@@ -368,7 +438,7 @@ class JobRegistry:
             if any(job.resume_dir == run.path for job in active):
                 raise RunError(f"{run.name} is already being resumed")
             job = self._enqueue_locked(run.model_config, run.train_config, data, run.preset, run.subset,
-                                       run.path.parent, run)
+                                       run.path.parent, run, visitor=visitor)
         return job.id
 
     def stop(self, job_id: str) -> bool:
@@ -391,23 +461,25 @@ class JobRegistry:
             job = self._jobs.get(job_id)
             if job is None:
                 return None
-            return self._snapshot_locked(job)
+            return self._snapshot_locked(job, self._starts_locked() if job in self._queue else None)
 
     def snapshots(self) -> list[JobSnapshot]:
         """Every known job, newest first."""
         with self._lock:
-            return [self._snapshot_locked(job) for job in reversed(self._jobs.values())]
+            starts = self._starts_locked()
+            return [self._snapshot_locked(job, starts) for job in reversed(self._jobs.values())]
 
     def busy_threads(self) -> int:
-        """Torch threads the running jobs use."""
+        """Torch threads the running jobs use in this process (none while they train on a cluster)."""
         with self._lock:
-            return sum(self._jobs[i].torch_threads for i in self._running)
+            return sum(self._jobs[i].torch_threads for i in self._running if not self._jobs[i].cluster)
 
     def active(self) -> list[JobSnapshot]:
         """Running jobs, then queued ones in the order they will start."""
         with self._lock:
+            starts = self._starts_locked()
             running = [self._snapshot_locked(self._jobs[i]) for i in self._running]
-            queued = [self._snapshot_locked(job) for job in self._queue]
+            queued = [self._snapshot_locked(job, starts) for job in self._queue]
         return sorted(running, key=lambda s: s.submitted) + queued
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobSnapshot | None:
@@ -432,25 +504,49 @@ class JobRegistry:
 
     def _enqueue_locked(self, model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData,
                         preset: str | None, subset_size: int | None, root: Path,
-                        resume: Run | None = None) -> Job:
+                        resume: Run | None = None, owner: str | None = None,
+                        visitor: str | None = None) -> Job:
+        if visitor is not None and any(job.visitor == visitor for job in self._queue):
+            raise JobLimitError("You already have a run waiting in the queue: it starts by itself. "
+                                "Cancel it first to queue a different one.")
         if len(self._queue) >= self.max_queued and len(self._running) >= self.max_jobs:
             raise JobLimitError(
                 f"{len(self._running)} run(s) training and {len(self._queue)} waiting: the queue "
                 "is full. Try again when one has finished, or stop one you started.")
         job_id = f"{time.strftime('%H%M%S')}-{next(self._ids)}"
         job = Job(job_id, model_cfg, train_cfg, data, preset, subset_size, root, self.torch_threads,
-                  resume)
+                  resume, owner=owner, visitor=visitor, cluster=self.cluster)
         self._jobs[job_id] = job
         self._queue.append(job)
         self._dispatch_locked()
         self._forget_old_locked()
         return job
 
-    def _snapshot_locked(self, job: Job) -> JobSnapshot:
+    def _snapshot_locked(self, job: Job, starts: dict[str, float | None] | None = None) -> JobSnapshot:
         snap = job.snapshot()
         if snap.status == "queued" and job in self._queue:
-            return replace(snap, queue_position=self._queue.index(job) + 1)
+            return replace(snap, queue_position=self._queue.index(job) + 1,
+                           starts_in=(starts or {}).get(job.id))
         return snap
+
+    def _starts_locked(self) -> dict[str, float | None]:
+        """Seconds until each queued job should start (``expected_starts``)."""
+        rate = self._seconds_per_image_epoch_locked()
+        left = []
+        for job_id in self._running:
+            snap = self._jobs[job_id].snapshot()
+            left.append(snap.eta_run if snap.eta_run is not None else _time_left(snap, rate))
+        lengths = [rate * job.train_images * job.train_cfg.epochs if rate else None for job in self._queue]
+        starts = expected_starts(left, lengths, self.max_jobs)
+        return {job.id: start for job, start in zip(self._queue, starts, strict=True)}
+
+    def _seconds_per_image_epoch_locked(self) -> float | None:
+        """Measured here: the newest job's mean epoch time (validation included) per training image."""
+        for job in reversed(self._jobs.values()):
+            history = job.snapshot().history
+            if history and job.train_images:
+                return sum(r.seconds for r in history) / len(history) / job.train_images
+        return None
 
     def _dispatch_locked(self) -> None:
         while self._queue and len(self._running) < self.max_jobs:
@@ -482,6 +578,33 @@ class JobRegistry:
             del self._jobs[job.id]
 
 
+def expected_starts(running_left: list[float | None], queued_lengths: list[float | None],
+                    slots: int) -> list[float | None]:
+    """When each queued job should start, in seconds from now, first come first served: a
+    slot frees as a running job ends (``running_left``: its time left) and each queued job
+    ahead holds one for its length. A slot whose end is unknown is left out (the estimate is
+    then the latest start), and None once no slot's end is known."""
+    free_at = list(running_left) + [0.0] * max(0, slots - len(running_left))
+    known = sorted(t for t in free_at if t is not None)
+    starts: list[float | None] = []
+    for length in queued_lengths:
+        if not known:
+            starts.append(None)
+            continue
+        start = heapq.heappop(known)
+        starts.append(start)
+        if length is not None:
+            heapq.heappush(known, start + length)
+    return starts
+
+
+def _time_left(snap: JobSnapshot, rate: float | None) -> float | None:
+    """A running job's time left when it has no estimate of its own (preparing, testing)."""
+    if rate is None or snap.started is None:
+        return None
+    return max(0.0, rate * snap.train_images * snap.epochs * (1 - snap.progress))
+
+
 _registry: JobRegistry | None = None
 _registry_lock = threading.Lock()
 
@@ -491,5 +614,15 @@ def get_registry() -> JobRegistry:
     global _registry
     with _registry_lock:
         if _registry is None:
-            _registry = JobRegistry()
+            _registry = JobRegistry(cluster=connect_cluster())
         return _registry
+
+
+def connect_cluster() -> Cluster | None:
+    """The Ray cluster ``CIFAR_RAY_ADDRESS`` names, connected; None (and Ray never imported)
+    when it is not set."""
+    address = os.environ.get("CIFAR_RAY_ADDRESS", "").strip()
+    if not address:
+        return None
+    from .cluster import RayCluster  # only here: ray is an optional dependency
+    return RayCluster.connect(address)

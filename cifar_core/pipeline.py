@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, check_owner
 from .data import CifarData
 from .devices import resolve_device
 from .evaluation import evaluate
@@ -39,6 +39,7 @@ def train_run(model_cfg: ModelConfig, train_cfg: TrainConfig, data: CifarData, r
     raises ConfigError before the folder exists, so it leaves no run behind.
     """
     resolve_device(train_cfg.device)
+    owner = check_owner(owner)  # a bad name, like a missing device, before the folder exists
     # The lock before any write: the folder may be another process's run.
     with training_lock(make_run_folder(run_dir)):
         config = RunConfig(model_cfg, train_cfg, preset, subset, channel_order, owner=owner)

@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from . import liveness
-from .config import TTA, ConfigError, ModelConfig, TrainConfig
+from .config import TTA, ConfigError, ModelConfig, TrainConfig, check_owner
 from .data import DEFAULT_CLASSES
 from .evaluation import Evaluation
 from .formatting import format_percent
@@ -280,6 +280,14 @@ class Run:
         return self.config.subset
 
     @property
+    def owner(self) -> str | None:
+        """The name its trainer gave; None without one, or for a stored one that is not a valid name."""
+        try:
+            return check_owner(self.config.owner)
+        except ConfigError:
+            return None
+
+    @property
     def created(self) -> str:
         return self.config.created
 
@@ -303,7 +311,8 @@ class Run:
     def label(self) -> str:
         """How the run is named wherever one is chosen: who it is, what it is, how good."""
         prefix = f"Bundled model '{self.name}'" if self.is_bundled else f"{self.name} ({self.status})"
-        details = [self.preset]
+        details = [self.owner] if self.owner else []
+        details.append(self.preset)
         if self.subset:
             details.append(f"{self.subset:,} images")
         if self.metrics.test_acc is not None:

@@ -104,7 +104,7 @@ def test_leaderboard_sorts_by_validation_accuracy_with_unfinished_runs_last() ->
                  history=[EpochRecord.from_dict({"epoch": 1}), EpochRecord.from_dict({"epoch": 2})]),
     ]
     board = leaderboard(runs)
-    assert list(board.columns) == ["run", "preset", "status", "val_acc", "test_acc", "epochs",
+    assert list(board.columns) == ["run", "owner", "preset", "status", "val_acc", "test_acc", "epochs",
                                    "images", "images_per_second", "train_seconds"]
     assert list(board["run"]) == ["best", "slow", "fresh"]
     assert list(board["preset"]) == ["quick", "baseline", "baseline"]

@@ -105,7 +105,7 @@ def test_registry_takes_its_limits_from_the_profile(monkeypatch: pytest.MonkeyPa
     assert (registry.max_jobs, registry.max_queued, registry.keep_finished) == (1, 2, 10)
     monkeypatch.setenv("CIFAR_PROFILE", "local")
     registry = JobRegistry(torch_threads=1)
-    assert (registry.max_jobs, registry.max_queued, registry.keep_finished) == (1, 8, 50)
+    assert (registry.max_jobs, registry.max_queued, registry.keep_finished) == (jobs.machine_slots(), 60, 50)
     monkeypatch.setenv("CIFAR_PROFILE", "cloud")
     monkeypatch.setenv("CIFAR_MAX_QUEUED", "0")
     monkeypatch.setenv("CIFAR_MAX_JOBS", "2")

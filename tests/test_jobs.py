@@ -222,7 +222,8 @@ def test_thread_and_limit_settings_come_from_the_environment(monkeypatch: pytest
     registry = JobRegistry()
     assert (registry.max_jobs, registry.max_queued, registry.torch_threads) == (3, 0, 4)
     monkeypatch.setenv("CIFAR_MAX_JOBS", "many")
-    assert JobRegistry().max_jobs == 1, "a bad value falls back to the default"
+    monkeypatch.setattr(jobs, "available_memory", lambda: 64 << 30)
+    assert JobRegistry().max_jobs == 15, "a bad value falls back to the default: a core each but one"
     assert get_registry() is get_registry()
 
 
