@@ -41,7 +41,7 @@ from cifar_core.data import (
 )
 from cifar_core.deployment import current_profile
 from cifar_core.evaluation import Evaluation, evaluate
-from cifar_core.jobs import get_registry, use_page_threads
+from cifar_core.jobs import ClusterError, get_registry, use_page_threads
 from cifar_core.model import CifarCNN
 from cifar_core.runs import Run, default_run, list_runs, load_run
 from cifar_core.shared import SharedCache
@@ -132,6 +132,8 @@ def run_page(page: st.Page) -> None:
     try:
         with _timed(page.title):
             page.run()
+    except ClusterError as err:  # a page that trains or lists jobs, with the cluster down
+        st.error(f"Training is unavailable on this server: {err}.", icon=":material/cloud_off:")
     finally:
         _in_page_run.active = False
 

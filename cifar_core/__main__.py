@@ -29,14 +29,14 @@ from .config import (
 from .data import DataError, load_cifar10, subset
 from .evaluation import evaluate
 from .inference import ImageError, predict_files
-from .jobs import connect_cluster
+from .jobs import ClusterError, connect_cluster
 from .model import build_model, summary
 from .pipeline import resume_run, train_run
 from .record import RunError, RunMetrics
 from .runs import load_run, make_run_folder, new_run_dir
 from .training import BatchEvent, EpochEvent, Event
 
-USER_ERRORS = (DataError, ConfigError, RunError, ImageError)
+USER_ERRORS = (DataError, ConfigError, RunError, ImageError, ClusterError)
 DEFAULT_PRESET = "baseline"
 
 

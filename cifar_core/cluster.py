@@ -215,6 +215,21 @@ def read_folder(run_dir: Path) -> dict[str, bytes]:
             if path.is_file() and not path.name.startswith(".")}
 
 
+def _check_answers(address: str, timeout: float = 3.0) -> None:
+    """ConnectionError unless something accepts connections at a ``HOST:PORT`` or
+    ``ray://HOST:PORT`` address: ``ray.init`` itself waits minutes on an address where
+    nothing answers, and a page would wait with it. ``auto`` and ``local`` fail fast anyway."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConnectionError(f"{address!r} is not auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConnectionError(f"nothing answers at {host}:{port} ({err.strerror or err})") from None
+
+
 class RayCluster:
     """A connected Ray cluster that trains runs as tasks (see the module docstring)."""
 
@@ -229,6 +244,7 @@ class RayCluster:
         shipping this package to its workers. ``local`` starts a cluster of this machine's own;
         ``options`` go to ``ray.init`` (``num_cpus=2``, say)."""
         if not ray.is_initialized():
+            _check_answers(address)
             ray.init(address=address, runtime_env={"py_modules": [str(PACKAGE_DIR)]},
                      log_to_driver=False, **options)
         return cls()

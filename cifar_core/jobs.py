@@ -157,8 +157,8 @@ def use_page_threads(busy: int | None = None) -> int:
     trains, an OpenMP team larger than the free cores waits on its slowest thread; once no
     job runs, pages get every core back instead of the single thread a finished job left.
     """
-    if busy is None:
-        busy = get_registry().busy_threads()
+    if busy is None:  # no registry yet: no jobs (and no cluster to connect to just for a count)
+        busy = _registry.busy_threads() if _registry is not None else 0
     threads = max(1, available_cores() - busy)
     torch.set_num_threads(threads)
     return torch.get_num_threads()  # fixes this thread's count now (see the module docstring)
@@ -609,20 +609,45 @@ _registry: JobRegistry | None = None
 _registry_lock = threading.Lock()
 
 
+class ClusterError(RuntimeError):
+    """``CIFAR_RAY_ADDRESS`` names a cluster this process cannot use; the message says what to do."""
+
+
+# A cluster that could not be reached is tried again after this long, not on every page view.
+CLUSTER_RETRY_SECONDS = 60.0
+_cluster_failure: tuple[float, ClusterError] | None = None
+
+
 def get_registry() -> JobRegistry:
-    """The process-wide registry, created on first use (limits read from the environment then)."""
-    global _registry
+    """The process-wide registry, created on first use (limits read from the environment then).
+    ClusterError while the cluster that ``CIFAR_RAY_ADDRESS`` names cannot be reached."""
+    global _registry, _cluster_failure
     with _registry_lock:
         if _registry is None:
-            _registry = JobRegistry(cluster=connect_cluster())
+            if _cluster_failure and time.monotonic() - _cluster_failure[0] < CLUSTER_RETRY_SECONDS:
+                raise _cluster_failure[1]
+            try:
+                _registry = JobRegistry(cluster=connect_cluster())
+            except ClusterError as err:
+                _cluster_failure = (time.monotonic(), err)
+                raise
         return _registry
 
 
 def connect_cluster() -> Cluster | None:
     """The Ray cluster ``CIFAR_RAY_ADDRESS`` names, connected; None (and Ray never imported)
-    when it is not set."""
+    when it is not set; ClusterError when Ray is missing or the cluster does not answer."""
     address = os.environ.get("CIFAR_RAY_ADDRESS", "").strip()
     if not address:
         return None
-    from .cluster import RayCluster  # only here: ray is an optional dependency
-    return RayCluster.connect(address)
+    advice = "start it (`ray start --head`) or unset CIFAR_RAY_ADDRESS to train on this machine"
+    try:
+        from .cluster import RayCluster  # only here: ray is an optional dependency
+    except ImportError:
+        raise ClusterError(f"CIFAR_RAY_ADDRESS is {address!r} but Ray is not installed: "
+                           "pip install -r requirements-ray.txt, or unset CIFAR_RAY_ADDRESS") from None
+    try:
+        return RayCluster.connect(address)
+    except Exception as err:  # ray.init raises ConnectionError, RuntimeError or ValueError
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ClusterError(f"cannot use the Ray cluster at {address!r}: {reason}; {advice}") from None

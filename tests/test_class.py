@@ -218,3 +218,30 @@ def test_each_waiting_visitor_sees_their_place_and_name(cifar_env: Path, monkeyp
     bad.run()
     assert "a name may hold letters, digits, spaces" in bad.error[0].value
     assert len(jobs.get_registry().active()) == 3
+
+
+def test_a_cluster_that_does_not_answer_is_one_clear_message_not_a_wait(
+        cifar_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("CIFAR_RAY_ADDRESS", address)
+    monkeypatch.setattr(jobs, "_registry", None)
+    monkeypatch.setattr(jobs, "_cluster_failure", None)
+    started = time.monotonic()
+    assert main(["train", "--dry-run", "--data-dir", str(cifar_env)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and address in error and "unset CIFAR_RAY_ADDRESS" in error
+    assert "Traceback" not in error
+
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("app_pages/train.py")
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("Training is unavailable on this server" in e.value for e in at.error)
+    with pytest.raises(jobs.ClusterError):  # remembered: the next views do not try again at once
+        jobs.get_registry()
+    assert time.monotonic() - started < 30
