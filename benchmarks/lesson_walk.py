@@ -160,8 +160,8 @@ async def run(args: argparse.Namespace, base: str, log: Path) -> dict:
         print_table("One visitor alone (first views compute what is shared)", table(alone, urls))
     print_table(f"{args.sessions} visitors at once", table(together, urls))
     print(f"\n{json.dumps(summary)}")
-    return {"summary": summary, "alone": table(alone, urls), "together": table(together, urls),
-            "views": together}
+    return {"summary": summary, "alone": table(alone, urls) if alone else [],
+            "together": table(together, urls), "views": together}
 
 
 def main() -> None:

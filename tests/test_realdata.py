@@ -85,3 +85,27 @@ def test_the_bundled_models_store_their_predictions_in_the_official_test_order(r
         assert stored is not None and stored.image_digests is not None, f"{run.name}: run `{hint}`"
         assert stored.labels.tolist() == real.y_test.tolist(), f"{run.name}: labels not in the official order"
         assert stored.image_digests.tolist() == real.test_digests.tolist(), f"{run.name}: other test images"
+
+
+def test_evaluate_draws_every_bundled_model_on_the_official_data_without_classifying(
+        real_cifar_root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A server holding the official data (the archive users download) finds each bundled
+    model's stored predictions by the images' content: no visitor waits on a recomputation."""
+    from streamlit.testing.v1 import AppTest
+
+    import app_state
+    from cifar_core.bundled import bundled_runs
+
+    monkeypatch.setenv("CIFAR10_DIR", str(real_cifar_root))
+    monkeypatch.setenv("CIFAR_RUNS_DIR", str(tmp_path / "runs"))
+    store = app_state._evaluations()
+    before = store.computations
+    for run in bundled_runs():
+        at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
+        at.query_params.update({"run": run.name, "split": "test"})
+        at.switch_page("app_pages/evaluate.py")
+        at.run()
+        assert not at.exception, [e.message for e in at.exception]
+        shown = next(m.value for m in at.metric if m.label == "Test accuracy")
+        assert shown == f"{run.stored_test_predictions().accuracy:.1%}", run.name
+    assert store.computations == before
