@@ -14,6 +14,7 @@ from helpers import array, gallery_pictures
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from cifar_core.bundled import bundled_runs
 from cifar_core.config import get_preset
 from cifar_core.data import load_cifar10
 from cifar_core.pipeline import train_run
@@ -140,7 +141,8 @@ def trained_run(cifar_env: Path, tmp_path: Path) -> Path:
 def test_evaluate_page_normalises_switches_split_and_filters_mistakes(trained_run: Path) -> None:
     at = open_page("app_pages/evaluate.py")
     # It opens on the most accurate finished model (a bundled one, against a one-epoch run).
-    assert at.selectbox(key="evaluate.run").value.endswith("models/best")
+    top = max(bundled_runs(), key=lambda run: run.accuracy)
+    assert at.selectbox(key="evaluate.run").value == str(top.path)
     at.selectbox(key="evaluate.run").set_value(str(trained_run)).run()
 
     at.toggle(key="evaluate.normalize").set_value(True).run()
