@@ -1,8 +1,8 @@
 """Leaderboard: every run on this server, whose it is, what it changed, how far it got.
 
 Built for a projector: large type, one row per run, refreshed every few seconds while runs
-train (from the job registry's snapshots). The sort and filter are in the URL, so a teacher
-can hand out a link that opens this same view. The table is computed once per refresh for
+train (from the job registry's snapshots). The sort and filter are in the URL (app_views), so
+a teacher can hand out a link that opens this same view. The table is computed once per refresh for
 every viewer (``board``), not once per viewer.
 """
 
@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 import app_state
+import app_views
 from cifar_core.compare import run_table
 from cifar_core.config import PRESETS, changes_from_preset
 from cifar_core.formatting import MISSING, format_images, format_percent, format_seconds
@@ -85,26 +86,6 @@ def board() -> pd.DataFrame:
                                        "seconds", "created", "active"])
 
 
-def view_from_url() -> tuple[str, str, bool]:
-    """(sort, preset filter, finished only) as the URL gives them; unknown values fall back."""
-    sort = st.query_params.get("sort", "accuracy")
-    preset = st.query_params.get("preset", ALL)
-    return (sort if sort in SORTS else "accuracy", preset if preset in (ALL, *PRESETS) else ALL,
-            st.query_params.get("finished") == "1")
-
-
-def keep_in_url() -> None:
-    """The view's choices as query parameters (defaults left out), so the URL reopens it."""
-    choices = {"sort": st.session_state["leaderboard.sort"], "preset": st.session_state["leaderboard.preset"],
-               "finished": "1" if st.session_state["leaderboard.finished"] else None}
-    defaults = {"sort": "accuracy", "preset": ALL, "finished": None}
-    for key, value in choices.items():
-        if value == defaults[key]:
-            st.query_params.pop(key, None)
-        else:
-            st.query_params[key] = value
-
-
 def shown(frame: pd.DataFrame, sort: str, preset: str, finished_only: bool) -> pd.DataFrame:
     if preset != ALL:
         frame = frame[frame["preset"] == preset]
@@ -161,12 +142,16 @@ def draw_board(sort: str, preset: str, finished_only: bool) -> None:
 # --- the page -------------------------------------------------------------------------
 
 st.title("Leaderboard")
-sort, preset, finished_only = view_from_url()
+DEFAULTS = {"leaderboard.sort": "accuracy", "leaderboard.preset": ALL, "leaderboard.finished": False}
+for key, default in DEFAULTS.items():
+    st.session_state.setdefault(key, default)
+app_views.sync("leaderboard", sort=app_views.choice("leaderboard.sort", SORTS),
+               preset=app_views.choice("leaderboard.preset", [ALL, *PRESETS]),
+               finished=app_views.named("leaderboard.finished", {"yes": True, "no": False}))
 left, middle, right = st.columns([3, 2, 1], vertical_alignment="bottom")
-left.segmented_control("Sort", list(SORTS), format_func=SORTS.get, default=sort, key="leaderboard.sort",
-                       on_change=keep_in_url, required=True)
-middle.selectbox("Preset", [ALL, *PRESETS], index=[ALL, *PRESETS].index(preset), key="leaderboard.preset",
-                 format_func=lambda p: "every preset" if p == ALL else p, on_change=keep_in_url)
-right.toggle("Finished only", value=finished_only, key="leaderboard.finished", on_change=keep_in_url)
+left.segmented_control("Sort", list(SORTS), format_func=SORTS.get, key="leaderboard.sort", required=True)
+middle.selectbox("Preset", [ALL, *PRESETS], key="leaderboard.preset",
+                 format_func=lambda p: "every preset" if p == ALL else p)
+right.toggle("Finished only", key="leaderboard.finished")
 draw_board(st.session_state["leaderboard.sort"], st.session_state["leaderboard.preset"],
            st.session_state["leaderboard.finished"])
