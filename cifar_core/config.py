@@ -372,16 +372,16 @@ def airbench_recipe(filters: tuple[int, int, int], epochs: int, label_smoothing:
     return model, train
 
 
-# What each costs, as measured on two cores of a 2.8 GHz Xeon in fp32 and on an NVIDIA H200
-# in bf16 (benchmarks/RESULTS.md).
+# What each reaches on the official CIFAR-10 test batch (seed 0) and costs on two cores of an
+# AMD EPYC with native bfloat16, and on an NVIDIA H200 (benchmarks/RESULTS.md).
 QUICK_DESCRIPTION = (
     "A run short enough to watch in class, with every ingredient of the fastest known CIFAR-10 "
     "trainer (airbench) on a small network of 32/64/128 filters: a first layer that whitens "
     "2x2 patches of the training images, batch norm with a fixed scale, GELU, SGD with Nesterov "
     "momentum on a one-cycle learning rate, 2-pixel shifts and flips, weight averaging and "
     "mirror-averaged predictions. Three epochs of 119 MFLOP per training image, the first "
-    "layer's bias fixed after the first epoch: 81.0% test accuracy (mean of 3 seeds) in about "
-    "two minutes on two CPU cores, 2 seconds on an NVIDIA H200 GPU.")
+    "layer's bias fixed after the first epoch: 85.3% test accuracy in about a minute on two "
+    "CPU cores, 2 seconds on an NVIDIA H200 GPU.")
 CLASS_DESCRIPTION = (
     "Made for a class training at the same time: quick's network and recipe (32/64/128 filters, "
     "the whitening first layer, batch norm, one-cycle Nesterov SGD, shifts and flips, weight "
@@ -392,14 +392,13 @@ CLASS_DESCRIPTION = (
 FAST_DESCRIPTION = (
     "The same recipe as quick on a network twice as wide (64/128/256 filters) for twelve epochs, "
     "the first layer's bias fixed after the third, 393 MFLOP per training image, and predictions "
-    "averaged over the image, its mirror and both shifted by a pixel: 89.4% test accuracy (mean "
-    "of 3 seeds) in about 23 minutes on two CPU cores (8 seconds on an H200 GPU with the mirror "
-    "alone).")
+    "averaged over the image, its mirror and both shifted by a pixel: 92.8% test accuracy in "
+    "about 11 minutes on two CPU cores (8 seconds on an H200 GPU with the mirror alone).")
 BEST_DESCRIPTION = (
     "airbench's own network (64/256/256 filters, 709 MFLOP per training image) with its label "
     "smoothing of 0.2, for twenty epochs, the first layer's bias fixed after the third, and "
-    "predictions averaged over the image, its mirror and both shifted by a pixel: 90.8% test "
-    "accuracy in about an hour on two CPU cores (90.3% in 14 seconds on an H200 GPU with the "
+    "predictions averaged over the image, its mirror and both shifted by a pixel: 94.1% test "
+    "accuracy in about half an hour on two CPU cores (14 seconds on an H200 GPU with the "
     "mirror alone), the most accurate preset.")
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
@@ -412,7 +411,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
         "augmentation (rotation 20 degrees, shifts of 20%, horizontal flips). Arithmetic "
         "runs in bfloat16 where the processor supports it natively. The one "
         "difference in substance is the fix: images are read with their colour channels in the right "
-        "order, which alone lifts accuracy from about 49% to about 68%.",
+        "order, which alone lifts accuracy from about 49% to about 72%.",
         ModelConfig(), TrainConfig(precision="auto")),
     Preset(
         "baseline-bn", "Baseline + batch norm",
@@ -421,13 +420,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
         "layer then sees inputs with a steady scale, so the same learning rate makes "
         "faster progress per epoch.",
         ModelConfig(batch_norm=True), TrainConfig(precision="auto")),
-    Preset("quick", "Classroom run (two minutes)", QUICK_DESCRIPTION,
+    Preset("quick", "Classroom run (one minute)", QUICK_DESCRIPTION,
            *airbench_recipe((32, 64, 128), 3, stem_bias_epochs=1)),
     Preset("class", "A class at once (under a minute)", CLASS_DESCRIPTION,
            *airbench_recipe((32, 64, 128), 2, stem_bias_epochs=1), train_images=24_000),
-    Preset("fast", "Most accuracy in twenty minutes", FAST_DESCRIPTION,
+    Preset("fast", "Most accuracy in ten minutes", FAST_DESCRIPTION,
            *airbench_recipe((64, 128, 256), 12, stem_bias_epochs=3, tta="flip_translate")),
-    Preset("best", "Most accuracy in an hour", BEST_DESCRIPTION,
+    Preset("best", "Most accuracy in half an hour", BEST_DESCRIPTION,
            *airbench_recipe((64, 256, 256), 20, label_smoothing=0.2, stem_bias_epochs=3,
                             tta="flip_translate")),
 ]}
