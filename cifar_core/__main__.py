@@ -195,7 +195,7 @@ def cmd_resume(args: argparse.Namespace) -> None:
           f"from {data.source} ({time.perf_counter() - started:.1f}s)")
     print(f"resuming {run.path} ({run.preset}, {run.status}; {len(run.history)} of {epochs} epochs "
           "recorded) from its last complete epoch")
-    cluster = connect_cluster() if run.channel_order == "correct" else None
+    cluster = connect_cluster() if run.config.channel_order == "correct" else None
     if cluster:
         print(f"training as a Ray task on {os.environ['CIFAR_RAY_ADDRESS']}")
         metrics = cluster.train(run.path, data, run.model_config, run.train_config, resume=True,
