@@ -133,6 +133,7 @@ def test_a_visitor_has_one_run_waiting_and_every_job_carries_its_name(data: Cifa
         registry.wait(running, timeout=30)
 
 
+@pytest.mark.slow  # starts a Python process that imports torch
 def test_without_a_cluster_address_ray_is_never_imported(tmp_path: Path) -> None:
     code = ("import sys, cifar_core.jobs, cifar_core.__main__, cifar_core.pipeline\n"
             "cifar_core.jobs.get_registry()\n"

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cifar_core.bundled import bundled_runs
 from cifar_core.compare import leaderboard, run_table
@@ -90,6 +91,7 @@ def test_a_runs_owner_is_kept_in_its_folder(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "r" / "config.json").read_text())["owner"] == "Grace"
 
 
+@pytest.mark.slow  # starts a Python process that imports torch
 def test_reading_run_folders_does_not_load_the_training_loop() -> None:
     # Every page that only lists or shows runs imports cifar_core.runs.
     code = "import sys, cifar_core.runs; print(sorted(m for m in sys.modules if m.startswith('cifar_core.')))"
