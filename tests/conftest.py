@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from cifar_core.data import CifarData, load_cifar10
 from cifar_core.jobs import get_registry
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -116,6 +117,20 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cifar")
     write_cifar(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def data(cifar_root: Path) -> CifarData:
+    """The tiny dataset, read once per test module (a module may define its own subset)."""
+    return load_cifar10(cifar_root, download=False)
+
+
+@pytest.fixture()
+def keep_torch_threads() -> Iterator[None]:
+    """Jobs set torch's process-wide thread count; leave it as the test found it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +51,14 @@ class WritesMarker:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
+
+
+def wait_for(registry, job_id: str, ready, timeout: float = 30):
+    """The job's snapshot once ``ready(snapshot)`` holds; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = registry.snapshot(job_id)
+        if ready(snap):
+            return snap
+        time.sleep(0.01)
+    raise AssertionError(f"timed out; last snapshot {registry.snapshot(job_id)}")

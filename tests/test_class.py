@@ -11,33 +11,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 
 from cifar_core import jobs
 from cifar_core.__main__ import main
 from cifar_core.compare import run_table
 from cifar_core.config import OWNER_MAX_LENGTH, ConfigError, check_owner, get_preset
-from cifar_core.data import CifarData, load_cifar10, subset
+from cifar_core.data import CifarData, subset
 from cifar_core.jobs import JobLimitError, JobRegistry, expected_starts, machine_slots
 from cifar_core.pipeline import train_run
 from cifar_core.runs import CONFIG_FILE, load_run
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 PRESET = get_preset("baseline")
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def data(cifar_root: Path) -> CifarData:
-    return load_cifar10(cifar_root, download=False)
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads() -> None:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread", "keep_torch_threads")
 
 
 # --- names ---------------------------------------------------------------------------

@@ -14,13 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-ray.txt)")
 
 from cifar_core.cluster import RayCluster  # noqa: E402  (only where Ray is)
 from cifar_core.config import apply_overrides, get_preset  # noqa: E402
-from cifar_core.data import CifarData, load_cifar10  # noqa: E402
-from cifar_core.jobs import JobRegistry, JobSnapshot  # noqa: E402
+from cifar_core.data import CifarData  # noqa: E402
+from cifar_core.jobs import JobRegistry  # noqa: E402
 from cifar_core.runs import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, load_run  # noqa: E402
 
 # Slow: a Ray cluster starts (seconds) and every run starts a worker process.
@@ -35,21 +36,6 @@ def cluster() -> Iterator[RayCluster]:
     connected = RayCluster.connect("local", num_cpus=2, include_dashboard=False)
     yield connected
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def data(cifar_root: Path) -> CifarData:
-    return load_cifar10(cifar_root, download=False)
-
-
-def wait_for(registry: JobRegistry, job_id: str, ready, timeout: float = 120) -> JobSnapshot:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        snap = registry.snapshot(job_id)
-        if ready(snap):
-            return snap
-        time.sleep(0.05)
-    raise AssertionError(f"timed out; last snapshot {registry.snapshot(job_id)}")
 
 
 def training_workers() -> list[int]:
@@ -71,7 +57,7 @@ def test_a_job_trains_on_the_cluster_with_live_progress_and_its_folder_here(
                              owner="Ada")
     seen = []
     snap = wait_for(registry, job_id, lambda s: seen.append((s.epoch, s.batch, len(s.history)))
-                    or not s.active)
+                    or not s.active, timeout=120)
     assert snap.status == "finished", snap.error
     assert any(batch for _, batch, _ in seen), "batch progress arrived while it trained"
     assert [r.epoch for r in snap.history] == [1, 2] and snap.images_per_second
@@ -89,7 +75,7 @@ def test_a_job_trains_on_the_cluster_with_live_progress_and_its_folder_here(
 def test_stop_reaches_the_task(cluster: RayCluster, data: CifarData, tmp_path: Path) -> None:
     registry = JobRegistry(max_jobs=2, torch_threads=1, cluster=cluster)
     job_id = registry.submit(MODEL, replace(TRAIN, epochs=200), data, preset="quick", runs_root=tmp_path)
-    wait_for(registry, job_id, lambda s: len(s.history) >= 1)
+    wait_for(registry, job_id, lambda s: len(s.history) >= 1, timeout=120)
     assert registry.stop(job_id)
     snap = wait_for(registry, job_id, lambda s: not s.active, timeout=60)
     assert snap.status == "stopped", snap.error
@@ -102,7 +88,7 @@ def test_a_lost_worker_leaves_an_interrupted_run_that_resumes(
     registry = JobRegistry(max_jobs=2, torch_threads=1, cluster=cluster)
     epochs = 30
     job_id = registry.submit(MODEL, replace(TRAIN, epochs=epochs), data, preset="quick", runs_root=tmp_path)
-    wait_for(registry, job_id, lambda s: len(s.history) >= 2)
+    wait_for(registry, job_id, lambda s: len(s.history) >= 2, timeout=120)
     run_dir = registry.snapshot(job_id).run_dir
     deadline = time.monotonic() + 30
     while not (run_dir / CHECKPOINT_FILE).exists() and time.monotonic() < deadline:

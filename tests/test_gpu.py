@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cifar_core.config import get_preset
-from cifar_core.data import CifarData, load_cifar10
+from cifar_core.data import CifarData
 from cifar_core.devices import resolve_device
 from cifar_core.evaluation import evaluate
 from cifar_core.model import build_model, predict_logits
@@ -34,11 +34,6 @@ def accelerator() -> str | None:
 DEVICE = accelerator()
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(DEVICE is None, reason="no CUDA or MPS device on this machine")]
-
-
-@pytest.fixture(scope="module")
-def data(cifar_root: Path) -> CifarData:
-    return load_cifar10(cifar_root, download=False)
 
 
 def allocated() -> int:

@@ -13,40 +13,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import wait_for
 
 from cifar_core import jobs
 from cifar_core.config import TrainConfig, get_preset
-from cifar_core.data import CifarData, load_cifar10
+from cifar_core.data import CifarData
 from cifar_core.jobs import JobLimitError, JobRegistry, JobSnapshot, default_torch_threads, get_registry
 
 PRESET = get_preset("baseline")
-
-
-@pytest.fixture(scope="module")
-def data(cifar_root: Path) -> CifarData:
-    return load_cifar10(cifar_root, download=False)
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads() -> None:
-    # Jobs set torch's process-wide thread count; leave it as other tests found it.
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
 
 def train_cfg(**changes: object) -> TrainConfig:
     return replace(PRESET.train, **{"epochs": 2, **changes})
-
-
-def wait_for(registry: JobRegistry, job_id: str, ready, timeout: float = 30) -> JobSnapshot:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        snap = registry.snapshot(job_id)
-        if ready(snap):
-            return snap
-        time.sleep(0.01)
-    raise AssertionError(f"timed out; last snapshot {registry.snapshot(job_id)}")
 
 
 def test_job_trains_to_finished_and_writes_its_run(data: CifarData, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from helpers import WritesMarker
 
 from cifar_core import runs
 from cifar_core.config import ConfigError, ModelConfig, TrainConfig
-from cifar_core.data import DEFAULT_CLASSES, CifarData, load_cifar10
+from cifar_core.data import DEFAULT_CLASSES, CifarData
 from cifar_core.evaluation import Evaluation, evaluate
 from cifar_core.model import build_model
 from cifar_core.pipeline import train_run
@@ -38,11 +38,6 @@ METRIC_KEYS = {"status", "best_epoch", "val_acc", "test_acc", "images_per_second
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def data(cifar_root: Path) -> CifarData:
-    return load_cifar10(cifar_root, download=False)
 
 
 @pytest.fixture(scope="module")

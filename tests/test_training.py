@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from sklearn.metrics import confusion_matrix
 
 from cifar_core import devices, training
 from cifar_core.config import ConfigError, ModelConfig, TrainConfig
-from cifar_core.data import CifarData, load_cifar10
+from cifar_core.data import CifarData
 from cifar_core.devices import resolve_device, training_memory_format, tune_for_fixed_shapes, use_bf16
 from cifar_core.model import build_model, predict_logits
 from cifar_core.training import BatchEvent, EpochEvent, fit
@@ -38,11 +37,6 @@ def tiny_model(seed: int = 0) -> torch.nn.Module:
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def data(cifar_root: Path) -> CifarData:
-    return load_cifar10(cifar_root, download=False)  # 400 train, 100 val, 100 test
 
 
 class Recorder:

@@ -7,13 +7,11 @@ shows up here as different losses, not as a vaguely slower learner.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from cifar_core.config import ModelConfig, TrainConfig
-from cifar_core.data import CifarData, load_cifar10
+from cifar_core.data import CifarData
 from cifar_core.model import build_model
 from cifar_core.training import fit
 
@@ -36,11 +34,6 @@ REFERENCE = {
                                     (2, 2.15495, 0.223958, 1.95281, 0.29, 0.04075),
                                     (3, 1.94438, 0.296875, 1.75628, 0.32, 0.01855)]),
 }
-
-
-@pytest.fixture(scope="module")
-def data(cifar_root: Path) -> CifarData:
-    return load_cifar10(cifar_root, download=False)
 
 
 @pytest.mark.parametrize("name", list(REFERENCE))
